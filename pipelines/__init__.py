@@ -1,0 +1,1 @@
+"""MLOps pipeline for NYC 2013 flight delays."""

@@ -1,0 +1,221 @@
+"""The ``mlops`` command: one sub-command per step.
+
+    mlops <step> [--date YYYY-MM-DD | --dates FIRST:LAST] [--set section.key=value ...]
+
+Exit codes are a contract shared by DVC, Airflow's operators and the container image:
+``0`` done; ``99`` done and downstream should be skipped (a gate refused a challenger);
+``2`` bad usage or configuration; ``3`` the registry moved under us (compare-and-set);
+``1`` any other failure. Failures print one line on stderr that names what is wrong.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, is_dataclass
+from typing import Any
+
+EXIT_SKIPPED = 99
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mlops", description=__doc__.split("\n\n")[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="step", required=True, metavar="STEP")
+
+    def step(name: str, help_: str, dated: bool = False) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                       help="override a params.yaml value for this run (repeatable)")  # fmt: skip
+        if dated:
+            p.add_argument("--date", help="the batch date, YYYY-MM-DD")
+            p.add_argument("--dates", help="an inclusive range FIRST:LAST (backfill)")
+        return p
+
+    step("ingest", "land a day's flights (joined with weather) as a batch file", dated=True)
+    step("validate", "validate landed batches; passing ones join the DVC-tracked data", dated=True)
+    step("score", "score a validated day's flights with the champion (prediction log)", dated=True)
+    step("monitor", "drift (Evidently) and live performance of the champion for a day", dated=True)
+    step("retrain", "dvc repro the training core on a locked snapshot, with --set overrides")
+    step("featurize", "select the training window and build features (DVC stage)")
+    step("train", "fit the model on the window and log it to MLflow (DVC stage)")
+    ev = step("evaluate", "gate the trained model: floors, champion on the same holdout, slices")
+    ev.add_argument("--refusal-exit-code", type=int, default=EXIT_SKIPPED,
+                    help="exit code when the gate refuses (dvc.yaml uses 0: a refusal is a result)")  # fmt: skip
+    pr = step("promote", "register the model as challenger; move champion if the gate blessed it")
+    pr.add_argument("--force", action="store_true", help="promote even if refused (needs --reason)")
+    pr.add_argument("--reason", help="why (recorded in the audit trail)")
+    rb = step("rollback", "move champion back to the previous (or a given) version, audited")
+    rb.add_argument("--to", dest="target", help="'previous' (default) or a version number")
+    rb.add_argument("--reason", help="why (required; recorded in the audit trail)")
+    st = step("status", "registry state, validated data window and the last gate verdict")
+    st.add_argument("--json", action="store_true", help="machine-readable output")
+    return parser
+
+
+def _jsonable(value: Any) -> Any:
+    if is_dataclass(value) and not isinstance(value, type):
+        return asdict(value)
+    return value
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format=f"%(asctime)s %(levelname)s step={args.step} %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    for noisy in ("alembic", "urllib3", "git", "mlflow.store.db.utils", "great_expectations"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+
+    from pipelines.config import ConfigError, Settings, load_params
+    from pipelines.errors import Skipped, StepError
+
+    try:
+        settings = Settings()
+        overrides = list(args.overrides)
+        # Airflow passes a manual trigger's Params as JSON (no shell quoting involved)
+        for key, value in json.loads(os.environ.get("MLOPS_SET") or "{}").items():
+            overrides.append(f"{key}={json.dumps(value)}")
+        if args.step == "promote":
+            if args.force:
+                overrides.append("promote.force=true")
+            if args.reason is not None:
+                overrides.append(f"promote.reason={json.dumps(args.reason)}")
+        if args.step == "rollback":
+            if args.target is not None:
+                overrides.append(f"rollback.to={args.target}")
+            if args.reason is not None:
+                overrides.append(f"rollback.reason={json.dumps(args.reason)}")
+        params = load_params(settings, overrides)
+        runner = _RUNNERS[args.step]
+        result = runner(settings, params, args)
+    except Skipped as exc:
+        print(f"mlops {args.step}: skipped: {exc}", file=sys.stderr)
+        return EXIT_SKIPPED
+    except ConfigError as exc:
+        print(f"mlops {args.step}: error: {exc}", file=sys.stderr)
+        return 2
+    except StepError as exc:
+        print(f"mlops {args.step}: failed: {exc}", file=sys.stderr)
+        return exc.exit_code
+    if isinstance(result, int):
+        return result
+    if result is not None and args.step != "status":
+        line = json.dumps(_jsonable(result), default=str)
+        print(line)  # the last stdout line: Airflow's Bash/Docker operators push it to XCom
+        xcom_file = os.environ.get("MLOPS_XCOM_FILE")  # KubernetesPodOperator's XCom sidecar
+        if xcom_file:
+            os.makedirs(os.path.dirname(xcom_file) or ".", exist_ok=True)
+            with open(xcom_file, "w") as handle:
+                handle.write(line)
+    return 0
+
+
+def _days(args: argparse.Namespace) -> list[Any]:
+    from pipelines.source import parse_days
+
+    return parse_days(args.date, args.dates)
+
+
+def _run_ingest(settings: Any, params: Any, args: argparse.Namespace) -> Any:
+    from pipelines.steps.ingest import ingest
+
+    return ingest(settings, params, _days(args))
+
+
+def _run_validate(settings: Any, params: Any, args: argparse.Namespace) -> Any:
+    from pipelines.steps.validate import validate
+
+    return validate(settings, params, _days(args))
+
+
+def _one_day(args: argparse.Namespace) -> Any:
+    days = _days(args)
+    if len(days) != 1:
+        from pipelines.config import ConfigError
+
+        raise ConfigError(f"mlops {args.step} takes one day (--date), got {len(days)}")
+    return days[0]
+
+
+def _run_score(settings: Any, params: Any, args: argparse.Namespace) -> Any:
+    from pipelines.steps.score import score
+
+    return score(settings, params, _one_day(args))
+
+
+def _run_monitor(settings: Any, params: Any, args: argparse.Namespace) -> Any:
+    from pipelines.steps.monitor import monitor
+
+    return monitor(settings, params, _one_day(args))
+
+
+def _run_retrain(settings: Any, params: Any, args: argparse.Namespace) -> Any:
+    from pipelines.steps.retrain import retrain
+
+    return retrain(settings, params)
+
+
+def _run_featurize(settings: Any, params: Any, args: argparse.Namespace) -> Any:
+    from pipelines.steps.featurize import featurize
+
+    return featurize(settings, params)
+
+
+def _run_train(settings: Any, params: Any, args: argparse.Namespace) -> Any:
+    from pipelines.steps.train import train
+
+    return train(settings, params)
+
+
+def _run_evaluate(settings: Any, params: Any, args: argparse.Namespace) -> Any:
+    from pipelines.steps.evaluate import evaluate
+
+    report = evaluate(settings, params)
+    print(report.summary_line())
+    return 0 if report.blessed else args.refusal_exit_code
+
+
+def _run_promote(settings: Any, params: Any, args: argparse.Namespace) -> Any:
+    from pipelines.steps.promote import promote_if_blessed
+
+    return promote_if_blessed(settings, params)
+
+
+def _run_rollback(settings: Any, params: Any, args: argparse.Namespace) -> Any:
+    from pipelines.steps.rollback import rollback
+
+    return rollback(settings, params)
+
+
+def _run_status(settings: Any, params: Any, args: argparse.Namespace) -> Any:
+    from pipelines.steps.status import collect_status, render_status
+
+    state = collect_status(settings, params)
+    print(json.dumps(state, indent=2, default=str) if args.json else render_status(state))
+    return 0
+
+
+_RUNNERS: dict[str, Callable[[Any, Any, argparse.Namespace], Any]] = {
+    "ingest": _run_ingest,
+    "validate": _run_validate,
+    "score": _run_score,
+    "monitor": _run_monitor,
+    "retrain": _run_retrain,
+    "featurize": _run_featurize,
+    "train": _run_train,
+    "evaluate": _run_evaluate,
+    "promote": _run_promote,
+    "rollback": _run_rollback,
+    "status": _run_status,
+}
+
+if __name__ == "__main__":
+    sys.exit(main())

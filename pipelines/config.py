@@ -1,0 +1,141 @@
+"""Configuration: infrastructure from the environment, tunables from params.yaml.
+
+Infrastructure (where things live) comes from environment variables with the prefix
+``MLOPS_`` plus the standard ``MLFLOW_TRACKING_URI``; the defaults are the embedded ones
+(SQLite MLflow store and local folders under the project directory), so nothing needs a
+server. Tunables (model, data window, gate thresholds) come from ``params.yaml`` and can be
+overridden per run with ``--set section.key=value``.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# MLflow's set_tracking_uri() writes MLFLOW_TRACKING_URI into this process's environment;
+# what the user set is captured once, at import, so a second Settings in the same process
+# (tests, notebooks) is not pointed at the first one's store.
+_USER_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI", "")
+
+
+class Settings(BaseSettings):
+    """Where things live. Every field can be set as ``MLOPS_<FIELD>``."""
+
+    model_config = SettingsConfigDict(env_prefix="MLOPS_", extra="ignore")
+
+    project_dir: Path = Field(default_factory=Path.cwd)
+    params_file: str = "params.yaml"
+    tracking_uri: str = ""  # falls back to MLFLOW_TRACKING_URI, then SQLite in project_dir
+    experiment: str = "flight-delay"
+    actor: str = ""  # who acts on the registry; defaults to $USER
+
+    @property
+    def root(self) -> Path:
+        return self.project_dir.resolve()
+
+    def path(self, *parts: str) -> Path:
+        return self.root.joinpath(*parts)
+
+    @property
+    def mlflow_uri(self) -> str:
+        explicit = self.tracking_uri or _USER_TRACKING_URI
+        return explicit or f"sqlite:///{self.path('mlflow.db')}"
+
+    @property
+    def artifact_root(self) -> str:
+        return self.path("mlartifacts").as_uri()
+
+    @property
+    def who(self) -> str:
+        import getpass
+
+        try:
+            fallback = getpass.getuser()
+        except (KeyError, OSError):
+            fallback = "unknown"
+        return self.actor or fallback
+
+
+class ConfigError(ValueError):
+    """A parameter or override that cannot be used; the message names it."""
+
+
+@dataclass(frozen=True)
+class Params:
+    """params.yaml with the run's overrides applied."""
+
+    values: dict[str, Any]
+    overrides: dict[str, Any]
+
+    def section(self, name: str) -> dict[str, Any]:
+        try:
+            section = self.values[name]
+        except KeyError:
+            raise ConfigError(f"params.yaml has no section {name!r}") from None
+        if not isinstance(section, dict):
+            raise ConfigError(f"params.yaml section {name!r} is not a mapping")
+        return section
+
+    def get(self, dotted: str) -> Any:
+        section, _, key = dotted.partition(".")
+        values = self.section(section)
+        if key not in values:
+            raise ConfigError(f"params.yaml has no key {dotted!r}")
+        return values[key]
+
+    def flat(self) -> dict[str, Any]:
+        """All parameters as ``section.key`` -> value (for logging on MLflow runs)."""
+        return {f"{s}.{k}": v for s, kv in self.values.items() if isinstance(kv, dict) for k, v in kv.items()}
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``section.key=value`` -> (``section.key``, YAML-typed value)."""
+    key, sep, raw = text.partition("=")
+    if not sep or "." not in key or not key.split(".", 1)[1]:
+        raise ConfigError(f"--set {text!r}: expected section.key=value")
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {text!r}: value is not valid YAML ({exc})") from None
+    return key.strip(), value
+
+
+def load_params(settings: Settings, overrides: list[str] | None = None) -> Params:
+    """Read params.yaml and apply ``--set`` overrides, refusing unknown keys and wrong types."""
+    path = settings.path(settings.params_file)
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"params file not found: {path}") from None
+    values = copy.deepcopy(values)
+    applied: dict[str, Any] = {}
+    for text in overrides or []:
+        key, value = parse_override(text)
+        section, name = key.split(".", 1)
+        if section not in values or name not in values[section]:
+            raise ConfigError(f"--set {key}: unknown parameter (not in {path.name})")
+        current = values[section][name]
+        value = _coerce(key, current, value)
+        values[section][name] = value
+        applied[key] = value
+    return Params(values=values, overrides=applied)
+
+
+def _coerce(key: str, current: Any, value: Any) -> Any:
+    """Keep an override's type in line with the default's, with a clear error if it can't."""
+    if current is None or isinstance(value, type(current)):
+        return value
+    if isinstance(current, bool):
+        raise ConfigError(f"--set {key}={value!r}: expected true/false")
+    if isinstance(current, float) and isinstance(value, int):
+        return float(value)
+    if isinstance(current, str):
+        return str(value)
+    raise ConfigError(f"--set {key}={value!r}: expected {type(current).__name__}, got {type(value).__name__}")

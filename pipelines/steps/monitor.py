@@ -1,0 +1,205 @@
+"""monitor: is the champion still fit for the data it now sees?
+
+For batch date D it compares the current window (the validated days in
+``(D - monitor.window_days, D]`` with the champion's predictions) against the champion's
+reference sample (training features + predictions, logged with the model) using
+Evidently: per-column data drift, the share of drifted columns, and prediction drift.
+Once labels have arrived it also measures live performance: the predictions made for
+D - 1 joined with that day's outcomes (ROC AUC, Brier). A breach of any threshold in
+``params.yaml`` (``monitor.*``) sets ``breach`` with the reasons; the Airflow DAG turns a
+breach into an Asset event that starts retraining.
+
+Outputs: ``reports/monitor/<D>/drift.html`` (Evidently), ``summary.json``; both are
+logged to MLflow (experiment ``<experiment>-monitoring``, one run per date).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from pipelines import schema
+from pipelines.config import Params, Settings
+from pipelines.errors import StepError
+from pipelines.features import build_target
+from pipelines.layout import Layout
+from pipelines.registry import CHAMPION, Registry
+from pipelines.storage import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+PREDICTION = "prediction"
+
+
+def reference_sample(settings: Settings, registry: Registry, run_id: str, version: str) -> Any:
+    """The champion's reference (features + predictions), cached locally per version."""
+    import mlflow
+    import pandas as pd
+
+    cached = settings.path(".mlops", "reference", f"{registry.name}-v{version}.parquet")
+    if not cached.exists():
+        local = mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path="reference/reference.parquet", tracking_uri=settings.mlflow_uri
+        )
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        cached.write_bytes(Path(local).read_bytes())
+    return pd.read_parquet(cached)
+
+
+def current_window(layout: Layout, day: dt.date, days: int) -> Any:
+    """Scored flights of the validated days in (day - days, day], features + prediction."""
+    import pandas as pd
+
+    frames = []
+    for offset in range(days):
+        d = day - dt.timedelta(days=offset)
+        path = layout.predictions_file(d)
+        if path.exists():
+            frame = pd.read_parquet(path)
+            logged = frame[[*(f"f_{c}" for c in schema.FEATURES), PREDICTION]]
+            frames.append(logged.rename(columns={f"f_{c}": c for c in schema.FEATURES}))
+    if not frames:
+        raise StepError(
+            f"batch {day}: no scored flights in the {days} day(s) up to it (run `mlops score` first)"
+        )
+    return pd.concat(frames, ignore_index=True)
+
+
+def live_performance(layout: Layout, day: dt.date, late_threshold: float) -> dict[str, Any] | None:
+    """Yesterday's predictions against yesterday's outcomes (the labels that arrived)."""
+    import pandas as pd
+    from sklearn.metrics import brier_score_loss, roc_auc_score
+
+    yesterday = day - dt.timedelta(days=1)
+    predictions, outcomes = layout.predictions_file(yesterday), layout.validated_batch(yesterday)
+    if not (predictions.exists() and outcomes.exists()):
+        return None
+    keys = list(schema.FLIGHT_KEY)
+    scored = pd.read_parquet(predictions)[[*keys, PREDICTION]]
+    batch = pd.read_parquet(outcomes)
+    labelled = scored.merge(batch[[*keys, "arr_delay"]], on=keys, how="inner")
+    y = build_target(labelled, late_threshold)
+    if y.nunique() < 2:
+        return None
+    return {
+        "date": yesterday.isoformat(), "rows": len(labelled), "late_rate": float(y.mean()),
+        "roc_auc": float(roc_auc_score(y, labelled[PREDICTION])),
+        "brier": float(brier_score_loss(y, labelled[PREDICTION])),
+    }  # fmt: skip
+
+
+def drift_report(reference: Any, current: Any, cfg: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """Run Evidently's data drift preset over features + prediction."""
+    from evidently import DataDefinition, Dataset, Report
+    from evidently.presets import DataDriftPreset
+
+    columns = [*schema.FEATURES, PREDICTION]
+    definition = DataDefinition(
+        numerical_columns=[*schema.NUMERIC_FEATURES, PREDICTION],
+        categorical_columns=list(schema.CATEGORICAL_FEATURES),
+    )
+    ref = Dataset.from_pandas(reference[columns], data_definition=definition)
+    cur = Dataset.from_pandas(current[columns], data_definition=definition)
+    preset = DataDriftPreset(
+        columns=columns, drift_share=cfg["drift_share"],
+        num_method=cfg["num_method"], num_threshold=cfg["num_threshold"],
+        cat_method=cfg["cat_method"], cat_threshold=cfg["cat_threshold"],
+        # a week's weather is expected to differ from a month's: a wider margin for it
+        per_column_threshold={c: cfg["weather_threshold"] for c in schema.WEATHER_FEATURES},
+    )  # fmt: skip
+    snapshot = Report([preset]).run(current_data=cur, reference_data=ref)
+    metrics = snapshot.dict()["metrics"]
+    share = metrics[0]["value"]
+    per_column: dict[str, dict[str, Any]] = {}
+    for metric in metrics[1:]:
+        config = metric.get("config", {})
+        column = config.get("column")
+        if column is None:
+            continue
+        threshold = float(config.get("threshold", 0.05))
+        method = str(config.get("method", ""))
+        score = float(metric["value"])
+        # p-value tests drift when the score falls below the threshold; distances when above
+        p_value = (
+            "p_value" in method.lower()
+            or "test" in method.lower()
+            or method.lower() in ("ks", "chisquare", "z")
+        )
+        drifted = score < threshold if p_value else score >= threshold
+        per_column[column] = {
+            "score": round(score, 5),
+            "threshold": threshold,
+            "method": method,
+            "drifted": drifted,
+        }
+    if PREDICTION in per_column:
+        pred = per_column[PREDICTION]
+        pred["threshold"] = float(cfg["prediction_drift_threshold"])
+        pred["drifted"] = pred["score"] >= pred["threshold"]
+    return snapshot, {"count": int(share["count"]), "share": float(share["share"]), "columns": per_column}
+
+
+def monitor(settings: Settings, params: Params, day: dt.date) -> dict[str, Any]:
+    import mlflow
+
+    from pipelines.tracking import connect, experiment_id
+
+    cfg = params.section("monitor")
+    layout = Layout.of(settings, params.get("validate.store"))
+    registry = Registry(settings, params.get("promote.model_name"))
+    champion = registry.alias(CHAMPION)
+    if champion is None:
+        raise StepError(f"model {registry.name!r} has no champion to monitor")
+    reference = reference_sample(settings, registry, champion.run_id, champion.version)
+    current = current_window(layout, day, cfg["window_days"])
+    snapshot, drift = drift_report(reference, current, cfg)
+    prediction = drift["columns"].get(PREDICTION, {})
+    features_drift = {c: v for c, v in drift["columns"].items() if c != PREDICTION}
+    n_drifted = sum(v["drifted"] for v in features_drift.values())
+    share = n_drifted / max(len(features_drift), 1)
+    live = live_performance(layout, day, params.get("data.late_threshold_min"))
+
+    reasons = []
+    if share >= cfg["drift_share"]:
+        reasons.append(f"data drift: {n_drifted}/{len(features_drift)} features drifted "
+                       f"(share {share:.2f} >= {cfg['drift_share']})")  # fmt: skip
+    if cfg["prediction_drift"] and prediction.get("drifted"):
+        reasons.append(f"prediction drift: {prediction['method']} score {prediction['score']} "
+                       f"(threshold {prediction['threshold']})")  # fmt: skip
+    if live is not None and live["roc_auc"] < cfg["min_live_roc_auc"]:
+        reasons.append(f"live roc_auc {live['roc_auc']:.3f} < {cfg['min_live_roc_auc']} on {live['date']}")
+    if live is not None and live["brier"] > cfg["max_live_brier"]:
+        reasons.append(f"live brier {live['brier']:.3f} > {cfg['max_live_brier']} on {live['date']}")
+
+    out_dir = layout.monitor_dir(day)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    snapshot.save_html(str(out_dir / "drift.html"))
+    summary = {
+        "date": day.isoformat(), "champion_version": champion.version, "window_days": cfg["window_days"],
+        "current_rows": len(current), "reference_rows": len(reference),
+        "drift_share": round(share, 4), "drifted_features": sorted(c for c, v in features_drift.items() if v["drifted"]),
+        "prediction_drift": prediction, "mean_prediction": round(float(current[PREDICTION].mean()), 4),
+        "reference_mean_prediction": round(float(reference[PREDICTION].mean()), 4),
+        "live": live, "breach": bool(reasons), "reasons": reasons, "columns": features_drift,
+    }  # fmt: skip
+    atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2))
+
+    exp_id = experiment_id(settings, connect(settings), suffix="-monitoring")
+    with mlflow.start_run(experiment_id=exp_id, run_name=f"monitor {day}"):
+        mlflow.set_tags({"mlops.step": "monitor", "mlops.batch_date": day.isoformat(),
+                         "mlops.champion_version": champion.version, "mlops.breach": str(bool(reasons)).lower()})  # fmt: skip
+        metrics = {"drift_share": share, "drifted_features": float(n_drifted),
+                   "mean_prediction": summary["mean_prediction"]}  # fmt: skip
+        if prediction:
+            metrics["prediction_drift_score"] = prediction["score"]
+        if live:
+            metrics.update(live_roc_auc=live["roc_auc"], live_brier=live["brier"])
+        mlflow.log_metrics(metrics)
+        mlflow.log_artifacts(str(out_dir), artifact_path=f"monitor/{day}")
+    log.info("monitor %s: drift share %.2f (%s), prediction drift %s, live %s -> %s", day, share,
+             ", ".join(summary["drifted_features"]) or "none", prediction.get("drifted"),
+             "n/a" if live is None else f"auc {live['roc_auc']:.3f}", "BREACH" if reasons else "ok")  # fmt: skip
+    return {k: v for k, v in summary.items() if k != "columns"}
