@@ -1,0 +1,99 @@
+"""retrain: drift-triggered (and weekly, and manual) retraining through the DVC core."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from airflow.sdk import Asset, AssetOrTimeSchedule, Param, dag, task
+from airflow.timetables.trigger import CronTriggerTimetable
+
+if os.path.dirname(os.path.abspath(__file__)) not in sys.path:  # the factory beside this file
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from step_operator import DAG_KWARGS, schedule_from_env, step_result, step_task
+
+DRIFT = Asset(name="flight_delay_drift", uri="mlops://flight-delay/drift")
+SAFETY_NET = schedule_from_env("MLOPS_RETRAIN_CRON", "0 4 * * 0")  # weekly even without drift
+
+DOC = """
+### retrain: featurize -> train -> evaluate (via `dvc repro`) -> promote
+
+Runs when `nightly` emits the `flight_delay_drift` Asset event, every Sunday at 04:00 UTC as
+a safety net (`MLOPS_RETRAIN_CRON`; `none` = on drift and by hand only), and by hand with the
+form below. Empty fields keep the `params.yaml` value.
+
+- `retrain` runs `dvc repro` under the workspace lock (a nightly ingest waits), with this
+  run's Params written to params.yaml for the run only; `dvc.lock` records them, MLflow too.
+- `promote` consumes the gate report: exit 0 = promoted; exit 99 = refused, the task is
+  *skipped* and the champion is unchanged. `announce` then reports the new champion.
+- At most one run at a time (`max_active_runs=1`).
+"""
+
+
+@dag(
+    dag_id="retrain",
+    schedule=(
+        AssetOrTimeSchedule(timetable=CronTriggerTimetable(SAFETY_NET, timezone="UTC"), assets=DRIFT)
+        if SAFETY_NET
+        else DRIFT
+    ),
+    **DAG_KWARGS,
+    tags=["mlops", "training"],
+    doc_md=DOC,
+    params={
+        "window_days": Param(
+            None,
+            type=["null", "integer"],
+            minimum=7,
+            maximum=365,
+            title="Window (days)",
+            description="Train on the last N validated days.",
+        ),
+        "window_end": Param(
+            "",
+            type="string",
+            pattern=r"^(|2013-\d{2}-\d{2})$",
+            title="Window end",
+            description="Last day of the window (YYYY-MM-DD); empty = newest validated day.",
+        ),
+        "learning_rate": Param(None, type=["null", "number"], exclusiveMinimum=0, maximum=1),
+        "max_iter": Param(
+            None, type=["null", "integer"], minimum=1, maximum=2000, title="Boosting iterations"
+        ),
+        "max_leaf_nodes": Param(None, type=["null", "integer"], minimum=2, maximum=255),
+        "min_roc_auc": Param(
+            None, type=["null", "number"], minimum=0.5, maximum=1, title="Gate: ROC AUC floor"
+        ),
+        "max_auc_drop": Param(
+            None,
+            type=["null", "number"],
+            minimum=0,
+            maximum=0.5,
+            title="Gate: allowed ROC AUC drop vs champion",
+        ),
+        "force_promote": Param(
+            False,
+            type="boolean",
+            title="Force promotion",
+            description="Promote even if the gate refuses. Needs a reason.",
+        ),
+        "reason": Param("", type="string", maxLength=500, title="Reason (recorded in the audit trail)"),
+    },
+)
+def retrain() -> None:
+    retrain_step = step_task("retrain")
+    promote = step_task("promote")
+
+    @task
+    def announce(ti=None):  # type: ignore[no-untyped-def]
+        """Runs only when promote did (not skipped): report the new champion."""
+        import logging
+
+        result = step_result(ti.xcom_pull(task_ids="promote"))
+        logging.getLogger("mlops.announce").info("new champion v%s: %s", result.get("champion"), result)
+        return result
+
+    retrain_step >> promote >> announce()
+
+
+retrain()

