@@ -1,0 +1,222 @@
+"""DAG tests: the real DagBag, the step-operator factory in every mode, and `dag.test()` runs
+of `nightly` and `retrain` on the embedded default (real steps, real data)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+
+import pytest
+
+from tests.dags.conftest import DAGS
+
+
+def test_dagbag_loads_every_dag_without_errors(dagbag) -> None:  # type: ignore[no-untyped-def]
+    assert dagbag.import_errors == {}
+    assert set(dagbag.dags) == {"nightly", "retrain", "rollback"}
+    for dag in dagbag.dags.values():
+        assert dag.owner == "mlops" and "mlops" in dag.tags and dag.doc_md
+        assert dag.max_active_runs == 1
+        for task in dag.tasks:
+            assert task.retries >= (0 if dag.dag_id == "rollback" else 2)
+            assert task.on_failure_callback, f"{dag.dag_id}.{task.task_id} has no failure alert"
+    nightly = dagbag.dags["nightly"]
+    assert [t.task_id for t in nightly.topological_sort()] == [
+        "ingest", "validate", "score", "monitor", "signal_retraining",
+    ]  # fmt: skip
+    assert [o.name for o in nightly.get_task("signal_retraining").outlets] == ["flight_delay_drift"]
+    retrain = dagbag.dags["retrain"]
+    assert "flight_delay_drift" in str(retrain.timetable.asset_condition)
+    assert retrain.params["force_promote"] is False  # a typed form
+    assert retrain.params.get_param("max_iter").schema["type"] == ["null", "integer"]
+
+
+def test_dag_files_import_nothing_heavy() -> None:
+    """Parsing a DAG file must not import the ML stack (seconds each)."""
+    import subprocess
+    import sys
+
+    code = (
+        f"import sys, runpy; sys.path.insert(0, {str(DAGS)!r})\n"
+        f"for f in ('nightly', 'retrain', 'rollback'): runpy.run_path({str(DAGS)!r} + '/' + f + '.py')\n"
+        "heavy = [m for m in ('sklearn', 'mlflow', 'great_expectations', 'evidently', 'pandas', 'dvc') if m in sys.modules]\n"
+        "print(heavy)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "[]"
+
+
+def test_batch_date_mapping() -> None:
+    import datetime as dt
+    from types import SimpleNamespace
+
+    from step_operator import batch_date  # type: ignore[import-not-found]
+
+    def run(when):  # type: ignore[no-untyped-def]
+        return SimpleNamespace(logical_date=when, run_after=when)
+
+    assert batch_date(run(dt.datetime(2013, 7, 15, 3, tzinfo=dt.UTC))) == "2013-07-15"
+    assert batch_date(run(dt.datetime(2026, 11, 24, 3, tzinfo=dt.UTC))) == "2013-11-24"
+    assert batch_date(run(dt.datetime(2028, 2, 29, 3, tzinfo=dt.UTC))) == "2013-02-28"
+    assert (
+        batch_date(SimpleNamespace(logical_date=None, run_after=dt.datetime(2026, 3, 1)), {}) == "2013-03-01"
+    )
+    assert batch_date(run(dt.datetime(2026, 1, 1)), {"date": "2013-05-05"}) == "2013-05-05"
+
+
+def test_params_become_json_overrides_never_shell_words() -> None:
+    from step_operator import overrides_json  # type: ignore[import-not-found]
+
+    chosen = json.loads(overrides_json({"max_iter": 50, "learning_rate": None, "window_end": "",
+                                        "force_promote": True, "reason": "it's `rm -rf` \"safe\""}))  # fmt: skip
+    assert chosen == {"train.max_iter": 50, "promote.force": True, "promote.reason": 'it\'s `rm -rf` "safe"'}
+    assert json.loads(overrides_json({"force_promote": False})) == {}
+
+
+@pytest.mark.parametrize("mode", ["local", "docker", "kubernetes"])
+def test_every_mode_maps_exit_99_to_skipped(
+    mode: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from step_operator import BATCH_DATE, step_task  # type: ignore[import-not-found]
+
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(KUBECONFIG)
+    monkeypatch.setenv("MLOPS_K8S_CONFIG_FILE", str(kubeconfig))
+    monkeypatch.setenv("MLOPS_IMAGE", "registry.example/mlops-flights:1.2")
+    from airflow.sdk import DAG
+
+    with DAG("t", schedule=None):
+        op = step_task("score", "--date", BATCH_DATE, mode=mode)
+    assert op.skip_on_exit_code == 99 or op.skip_on_exit_code == {99} or 99 in op.skip_on_exit_code
+
+
+def test_docker_mode_operator(monkeypatch: pytest.MonkeyPatch) -> None:
+    from step_operator import BATCH_DATE, step_task  # type: ignore[import-not-found]
+
+    monkeypatch.setenv("MLOPS_IMAGE", "localhost/mlops-flights:dev")
+    monkeypatch.setenv("MLOPS_DOCKER_URL", "unix:///run/podman/podman.sock")
+    monkeypatch.setenv("MLOPS_DOCKER_NETWORK", "host")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test-key")
+    from airflow.providers.docker.operators.docker import DockerOperator
+    from airflow.sdk import DAG
+
+    with DAG("t", schedule=None):
+        op = step_task("monitor", "--date", BATCH_DATE, mode="docker")
+    assert isinstance(op, DockerOperator)
+    assert op.image == "localhost/mlops-flights:dev" and op.command == ["monitor", "--date", BATCH_DATE]
+    assert op.docker_url == "unix:///run/podman/podman.sock" and op.network_mode == "host"
+    assert op.environment["MLFLOW_TRACKING_URI"] == "http://127.0.0.1:5000"
+    assert op.environment["AWS_ACCESS_KEY_ID"] == "test-key"
+    assert "MLOPS_SET" in op.environment and op.do_xcom_push and not op.xcom_all
+
+
+def test_kubernetes_mode_renders_the_pod(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No cluster here: the pod is built, not run (a loopback kubeconfig is never contacted)."""
+    from step_operator import step_task  # type: ignore[import-not-found]
+
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(KUBECONFIG)
+    for key, value in {"MLOPS_K8S_CONFIG_FILE": str(kubeconfig), "MLOPS_IMAGE": "ghcr.io/acme/mlops-flights:3",
+                       "MLOPS_K8S_NAMESPACE": "ml-prod", "MLOPS_K8S_CPU": "1", "MLOPS_K8S_MEMORY": "2Gi",
+                       "MLOPS_K8S_SECRETS": "mlflow-creds, s3-creds",
+                       "MLFLOW_TRACKING_URI": "http://mlflow.ml-prod:5000"}.items():  # fmt: skip
+        monkeypatch.setenv(key, value)
+    from airflow.sdk import DAG
+
+    with DAG("t", schedule=None):
+        op = step_task("ingest", "--date", "2013-07-15", mode="kubernetes")
+    pod = op.build_pod_request_obj()
+    container = pod.spec.containers[0]
+    assert container.image == "ghcr.io/acme/mlops-flights:3"
+    assert container.command == ["mlops"] and container.args == ["ingest", "--date", "2013-07-15"]
+    assert pod.metadata.namespace == "ml-prod"
+    assert container.resources.requests == {"cpu": "1", "memory": "2Gi"}
+    env = {e.name: e.value for e in container.env}
+    assert env["MLFLOW_TRACKING_URI"] == "http://mlflow.ml-prod:5000"
+    assert env["MLOPS_XCOM_FILE"] == "/airflow/xcom/return.json"
+    assert [s.secret_ref.name for s in container.env_from] == ["mlflow-creds", "s3-creds"]
+    assert op.skip_on_exit_code == 99 or 99 in op.skip_on_exit_code
+
+
+def test_failure_alert_posts_to_the_webhook(monkeypatch: pytest.MonkeyPatch) -> None:
+    received: list[dict] = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args) -> None:  # type: ignore[no-untyped-def]
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.handle_request, daemon=True).start()
+    monkeypatch.setenv("MLOPS_ALERT_WEBHOOK", f"http://127.0.0.1:{server.server_port}/hook")
+    from types import SimpleNamespace
+
+    from step_operator import alert_on_failure  # type: ignore[import-not-found]
+
+    ti = SimpleNamespace(dag_id="nightly", task_id="validate", run_id="r1", try_number=3)
+    alert_on_failure({"task_instance": ti, "exception": RuntimeError("batch 2013-02-05 failed validation")})
+    server.server_close()
+    assert received and received[0]["text"] == "mlops task failed: nightly.validate"
+    assert received[0]["error"] == "batch 2013-02-05 failed validation" and received[0]["try_number"] == 3
+
+
+KUBECONFIG = """
+apiVersion: v1
+kind: Config
+clusters: [{name: local, cluster: {server: "https://127.0.0.1:6443"}}]
+users: [{name: u, user: {token: "x"}}]
+contexts: [{name: c, context: {cluster: local, user: u}}]
+current-context: c
+"""
+
+
+@pytest.mark.e2e
+def test_dag_test_retrain_then_nightly(january: Path, airflow_db, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """`dag.test()`: retrain end to end (first model promoted), then nightly for a real day."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    monkeypatch.syspath_prepend(str(DAGS))
+    bag = DagBag(dag_folder=str(DAGS))
+    run = bag.dags["retrain"].test(run_conf={"max_iter": 200, "reason": "first model"})
+    states = {ti.task_id: ti.state for ti in run.get_task_instances()}
+    assert run.state == "success", states
+    assert states == {"retrain": "success", "promote": "success", "announce": "success"}
+    lock = (january / "dvc.lock").read_text()
+    assert "max_iter: 200" in lock, "the run's Params reached dvc.lock"
+    assert "max_iter: 300" in (january / "params.yaml").read_text(), "params.yaml is restored"
+
+    from pipelines.config import Settings
+    from pipelines.registry import CHAMPION, Registry
+
+    registry = Registry(Settings(project_dir=january), "flight-delay")
+    champion = registry.alias(CHAMPION)
+    assert champion is not None and champion.version == "1"
+    run_tags = registry.client.get_run(champion.run_id).data.tags
+    assert json.loads(run_tags["mlops.overrides"])["train.max_iter"] == 200
+    assert run_tags["mlops.orchestrator_run"].startswith("retrain/")
+
+    # yesterday's predictions (made by the previous night's run) so today's labels can meet them
+    import datetime as dt
+
+    from pipelines.config import load_params
+    from pipelines.steps.score import score
+
+    score(Settings(project_dir=january), load_params(Settings(project_dir=january)), dt.date(2013, 1, 31))
+    run = bag.dags["nightly"].test(run_conf={"date": "2013-02-01"})
+    states = {ti.task_id: ti.state for ti in run.get_task_instances()}
+    assert run.state == "success", states
+    assert {k: v for k, v in states.items() if k != "signal_retraining"} == {
+        "ingest": "success", "validate": "success", "score": "success", "monitor": "success",
+    }  # fmt: skip
+    summary = json.loads((january / "reports/monitor/2013-02-01/summary.json").read_text())
+    assert states["signal_retraining"] == ("success" if summary["breach"] else "skipped")
+    assert (january / "data/predictions/2013-02-01.parquet").exists()
+    assert (january / "reports/monitor/2013-02-01/drift.html").stat().st_size > 100_000
+    assert summary["live"]["date"] == "2013-01-31", "yesterday's predictions met their labels"

@@ -1,0 +1,67 @@
+"""Data tests on the real 2013 data: the suite accepts real days, including the awkward
+ones, and the contract's assumptions hold for the whole year."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pandas as pd
+import pytest
+
+from pipelines import schema
+from pipelines.source import PackageSource, join_weather, package_weather
+
+VALIDATE = {"min_rows": 500, "max_rows": 5000, "max_abs_delay_min": 1500}
+
+AWKWARD_DAYS = [
+    dt.date(2013, 2, 12),  # EWR reports a 1,048 mph wind speed that morning
+    dt.date(2013, 3, 8),  # the worst day of the year: 79% of flights late
+    dt.date(2013, 11, 28),  # Thanksgiving: the fewest flights
+    dt.date(2013, 12, 31),  # the weather table ends the day before
+    dt.date(2013, 3, 10),  # daylight-saving change (time_hour is UTC)
+]
+
+
+@pytest.mark.parametrize("day", AWKWARD_DAYS, ids=str)
+def test_suite_accepts_awkward_real_days(day: dt.date) -> None:
+    from pipelines.steps.validate import run_suite
+
+    batch = join_weather(PackageSource().fetch(day))
+    failures, result = run_suite(batch, day, VALIDATE, docs_dir=None)
+    assert failures == []
+    assert result["success"] is True and len(result["results"]) > 60
+
+
+def test_whole_year_meets_the_contract() -> None:
+    """Cheap pandas checks of what the suite encodes, over all 365 days."""
+    from pipelines.source import _package_flights
+
+    flights = _package_flights()
+    per_day = flights.groupby(["year", "month", "day"]).size()
+    assert len(per_day) == 365
+    assert per_day.min() >= VALIDATE["min_rows"] and per_day.max() <= VALIDATE["max_rows"]
+    assert not flights.duplicated(list(schema.FLIGHT_KEY)).any()
+    assert flights[list(schema.REQUIRED_COLUMNS)].notna().all().all()
+    assert set(flights["carrier"]) <= schema.known_carriers()
+    assert set(flights["dest"]) <= schema.known_airports()
+    assert set(flights["origin"]) == set(schema.NYC_ORIGINS)
+    assert flights["arr_delay"].abs().max() <= VALIDATE["max_abs_delay_min"]
+
+
+def test_weather_join_matches_almost_every_flight() -> None:
+    day = dt.date(2013, 7, 15)
+    flights = PackageSource().fetch(day)
+    batch = join_weather(flights)
+    assert len(batch) == len(flights), "a left join keeps every flight"
+    assert batch["temp"].notna().mean() > 0.97
+    # the join is on UTC time_hour, not on the local year/month/day/hour columns
+    row = batch.iloc[0]
+    weather = package_weather()
+    expected = weather[(weather.origin == row.origin) & (weather.time_hour == row.time_hour)]["temp"].iloc[0]
+    assert row["temp"] == expected
+
+
+def test_landed_batch_has_exactly_the_contract_columns() -> None:
+    batch = join_weather(PackageSource().fetch(dt.date(2013, 1, 1)))
+    assert list(batch.columns) == list(schema.BATCH_COLUMNS)
+    assert isinstance(batch, pd.DataFrame)
