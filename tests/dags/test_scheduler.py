@@ -36,6 +36,21 @@ class Api:
         self.base, self.token = base, ""
 
     def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        """One REST call; a GET that meets a server error (the embedded SQLite metadata DB
+        can be briefly locked while scheduler, dag-processor and tasks all write) is retried."""
+        for attempt in range(5):
+            status, answer = self._call(method, path, body)
+            if method != "GET" or status < 500:
+                break
+            time.sleep(1 + attempt)
+        return status, answer
+
+    def get(self, path: str) -> Any:
+        status, answer = self.call("GET", path)
+        assert status == 200, f"GET {path}: {status} {answer}"
+        return answer
+
+    def _call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         data = None if body is None else json.dumps(body).encode()
         headers = {"Content-Type": "application/json"}
         if self.token:
@@ -62,7 +77,7 @@ class Api:
         raise AssertionError(f"{dag_id} run {run_id} did not finish in {timeout}s")
 
     def task_states(self, dag_id: str, run_id: str) -> dict[str, str]:
-        _, body = self.call("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances")
+        body = self.get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances")
         return {ti["task_id"]: ti["state"] for ti in body["task_instances"]}
 
 
@@ -152,7 +167,7 @@ def test_drift_triggers_retrain_and_rollback_through_the_rest_api(airflow, drift
     )
     assert status == 200, run
     run = api.wait_run("nightly", run["dag_run_id"])
-    _, runs = api.call("GET", "/api/v2/dags/nightly/dagRuns")
+    runs = api.get("/api/v2/dags/nightly/dagRuns")
     for other in runs["dag_runs"]:  # the yearly slot that unpausing may have started
         if other["dag_run_id"] != run["dag_run_id"]:
             assert api.wait_run("nightly", other["dag_run_id"])["state"] == "success"
@@ -163,7 +178,7 @@ def test_drift_triggers_retrain_and_rollback_through_the_rest_api(airflow, drift
     summary = json.loads((drifted_workspace / "reports/monitor/2013-07-15/summary.json").read_text())
     assert summary["breach"] and "month" in summary["drifted_features"]
 
-    _, events = api.call("GET", "/api/v2/assets/events?source_dag_id=nightly")
+    events = api.get("/api/v2/assets/events?source_dag_id=nightly")
     assert events["total_entries"] == 1, "only the July day breached"
     event = events["asset_events"][0]
     assert event["extra"]["date"] == "2013-07-15" and event["extra"]["reasons"]
@@ -171,7 +186,7 @@ def test_drift_triggers_retrain_and_rollback_through_the_rest_api(airflow, drift
     # the asset event started retrain
     deadline = time.monotonic() + 120
     while True:
-        _, runs = api.call("GET", "/api/v2/dags/retrain/dagRuns")
+        runs = api.get("/api/v2/dags/retrain/dagRuns")
         triggered = [r for r in runs["dag_runs"] if r["run_type"] == "asset_triggered"]
         if triggered:
             break
@@ -218,7 +233,7 @@ def test_drift_triggers_retrain_and_rollback_through_the_rest_api(airflow, drift
     assert status == 200, backfill
     deadline = time.monotonic() + 600
     while True:
-        _, runs = api.call("GET", "/api/v2/dags/nightly/dagRuns")
+        runs = api.get("/api/v2/dags/nightly/dagRuns")
         replayed = [r for r in runs["dag_runs"] if r["run_type"] == "backfill"]
         if replayed and all(r["state"] in ("success", "failed") for r in replayed):
             break
