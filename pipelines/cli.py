@@ -22,9 +22,19 @@ from typing import Any
 EXIT_SKIPPED = 99
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("mlops-flights")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mlops", description=__doc__.split("\n\n")[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"mlops {_version()}")
     sub = parser.add_subparsers(dest="step", required=True, metavar="STEP")
 
     def step(name: str, help_: str, dated: bool = False) -> argparse.ArgumentParser:
