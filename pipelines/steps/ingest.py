@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pipelines.config import Params, Settings
 from pipelines.errors import BatchRejected, StepError
 from pipelines.layout import Layout
+from pipelines.publish import publish_tree
 from pipelines.quarantine import quarantine_batch, rejection_line
 from pipelines.source import MissingBatch, UnreadableBatch, join_weather, make_source
 from pipelines.storage import atomic_write_parquet
@@ -37,7 +38,7 @@ def ingest(settings: Settings, params: Params, days: list[dt.date]) -> IngestRes
     cfg = params.section("ingest")
     layout = Layout.of(settings, params.get("validate.store"))
     try:
-        source = make_source(cfg["source"], cfg["landing_uri"])
+        source = make_source(cfg["source"], cfg["landing_uri"], layout.incoming / ".landing")
     except ValueError as exc:
         raise StepError(str(exc)) from None
     result = IngestResult()
@@ -50,10 +51,13 @@ def ingest(settings: Settings, params: Params, days: list[dt.date]) -> IngestRes
             problem = f"unreadable drop {exc.path.name if exc.path else ''}: {exc.reason}"
             folder = quarantine_batch(layout, day, exc.path, "ingest", [problem])
             result.rejected[day.isoformat()] = rejection_line(day, "ingest", [problem], folder)
+            publish_tree(settings, f"quarantine/{day}", folder)
             log.error("%s", result.rejected[day.isoformat()])
             continue
         batch = join_weather(_normalise_object_columns(flights, pd))
         atomic_write_parquet(layout.incoming_batch(day), batch)
+        for ext in (".parquet", ".csv"):  # the copy fetched from an s3:// landing zone
+            (layout.incoming / ".landing" / f"{day}{ext}").unlink(missing_ok=True)
         result.landed[day.isoformat()] = len(batch)
         log.info("ingest %s: landed %d flights from %s", day, len(batch), cfg["source"])
     if result.rejected:

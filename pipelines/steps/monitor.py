@@ -26,6 +26,7 @@ from pipelines.config import Params, Settings
 from pipelines.errors import StepError
 from pipelines.features import build_target
 from pipelines.layout import Layout
+from pipelines.publish import fetch_missing, publish_tree
 from pipelines.registry import CHAMPION, Registry
 from pipelines.storage import atomic_write_text
 
@@ -49,15 +50,16 @@ def reference_sample(settings: Settings, registry: Registry, run_id: str, versio
     return pd.read_parquet(cached)
 
 
-def current_window(layout: Layout, day: dt.date, days: int) -> Any:
-    """Scored flights of the validated days in (day - days, day], features + prediction."""
+def current_window(layout: Layout, day: dt.date, days: int, settings: Settings | None = None) -> Any:
+    """Scored flights of the validated days in (day - days, day], features + prediction
+    (prediction logs not on this host are read from the store)."""
     import pandas as pd
 
     frames = []
     for offset in range(days):
         d = day - dt.timedelta(days=offset)
         path = layout.predictions_file(d)
-        if path.exists():
+        if path.exists() or (settings and fetch_missing(settings, f"predictions/{d}.parquet", path)):
             frame = pd.read_parquet(path)
             logged = frame[[*(f"f_{c}" for c in schema.FEATURES), PREDICTION]]
             frames.append(logged.rename(columns={f"f_{c}": c for c in schema.FEATURES}))
@@ -154,7 +156,7 @@ def monitor(settings: Settings, params: Params, day: dt.date) -> dict[str, Any]:
     if champion is None:
         raise StepError(f"model {registry.name!r} has no champion to monitor")
     reference = reference_sample(settings, registry, champion.run_id, champion.version)
-    current = current_window(layout, day, cfg["window_days"])
+    current = current_window(layout, day, cfg["window_days"], settings)
     snapshot, drift = drift_report(reference, current, cfg)
     prediction = drift["columns"].get(PREDICTION, {})
     features_drift = {c: v for c, v in drift["columns"].items() if c != PREDICTION}
@@ -186,6 +188,7 @@ def monitor(settings: Settings, params: Params, day: dt.date) -> dict[str, Any]:
         "live": live, "breach": bool(reasons), "reasons": reasons, "columns": features_drift,
     }  # fmt: skip
     atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2))
+    publish_tree(settings, f"reports/monitor/{day}", out_dir)
 
     exp_id = experiment_id(settings, connect(settings), suffix="-monitoring")
     with mlflow.start_run(experiment_id=exp_id, run_name=f"monitor {day}"):

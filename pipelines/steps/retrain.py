@@ -18,7 +18,8 @@ from typing import Any
 
 from pipelines.config import Params, Settings
 from pipelines.layout import Layout
-from pipelines.versioning import run_dvc, workspace_lock
+from pipelines.publish import publish_files
+from pipelines.versioning import dvc_pull, dvc_push, dvc_remote, run_dvc, workspace_lock
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,10 @@ def retrain(settings: Settings, params: Params) -> dict[str, Any]:
     params_file = settings.path(settings.params_file)
     overrides = {k: v for k, v in params.overrides.items() if k.split(".")[0] in _DVC_SECTIONS}
     with workspace_lock(settings.root):
+        remote = dvc_remote(settings.root, settings.dvc_remote, locked=False)
+        tracked = layout.validated.with_suffix(".dvc")
+        if remote and tracked.exists() and not layout.validated.is_dir():  # a fresh host
+            dvc_pull(settings.root, remote, str(tracked.relative_to(settings.root)), locked=False)
         original = params_file.read_text()
         try:
             if overrides:
@@ -53,9 +58,14 @@ def retrain(settings: Settings, params: Params) -> dict[str, Any]:
         finally:
             if overrides:
                 params_file.write_text(original)
+        if remote:  # window, features, model: `dvc pull` elsewhere restores this version
+            dvc_push(settings.root, remote, locked=False)
     ran = [line.split("'")[1] for line in proc.stdout.splitlines() if line.startswith("Running stage")]
     gate = json.loads((layout.reports / "gate.json").read_text())
     trained = json.loads((layout.reports / "train.json").read_text())
+    names = ("gate.json", "gate.md", "train.json", "featurize.json")
+    publish_files(settings, [(f"reports/gate/{trained['run_id']}/{n}", layout.reports / n) for n in names
+                             if (layout.reports / n).exists()])  # fmt: skip
     log.info(
         "retrain: stages run %s; gate %s for run %s",
         ran or "none (up to date)",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 from typing import Any
 
 from pipelines import schema
@@ -17,6 +18,7 @@ from pipelines.config import Params, Settings
 from pipelines.errors import StepError
 from pipelines.features import build_features
 from pipelines.layout import Layout
+from pipelines.publish import fetch_missing, publish_files
 from pipelines.registry import CHAMPION, Registry
 from pipelines.storage import atomic_write_parquet
 
@@ -29,7 +31,7 @@ def score(settings: Settings, params: Params, day: dt.date) -> dict[str, Any]:
 
     layout = Layout.of(settings, params.get("validate.store"))
     batch_file = layout.validated_batch(day)
-    if not batch_file.exists():
+    if not fetch_missing(settings, f"validated/{day}.parquet", batch_file):
         raise StepError(f"batch {day}: not validated yet ({batch_file} is missing): nothing to score")
     registry = Registry(settings, params.get("promote.model_name"))
     champion = registry.alias(CHAMPION)
@@ -47,7 +49,13 @@ def score(settings: Settings, params: Params, day: dt.date) -> dict[str, Any]:
     log_frame["scored_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     log_frame["batch_date"] = day.isoformat()
     out = layout.predictions_file(day)
-    atomic_write_parquet(out, log_frame)
+    staged = out.with_name(f".{out.name}.staged")
+    atomic_write_parquet(staged, log_frame)
+    try:
+        publish_files(settings, [(f"predictions/{day}.parquet", staged)])
+        os.replace(staged, out)  # the local log appears only once the store has it
+    finally:
+        staged.unlink(missing_ok=True)
     result = {"date": day.isoformat(), "rows": len(log_frame), "model_version": champion.version,
               "mean_prediction": round(float(log_frame["prediction"].mean()), 4), "predictions": str(out)}  # fmt: skip
     log.info("score %s: %d flights with champion v%s (mean risk %.3f)", day, len(log_frame), champion.version,

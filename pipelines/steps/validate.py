@@ -20,9 +20,10 @@ from pipelines.config import Params, Settings
 from pipelines.errors import BatchRejected, StepError
 from pipelines.expectations import build_suite
 from pipelines.layout import Layout
+from pipelines.publish import publish_files, publish_tree
 from pipelines.quarantine import quarantine_batch, rejection_line
 from pipelines.storage import atomic_copy, atomic_write_text
-from pipelines.versioning import is_dvc_repo, run_dvc, workspace_lock
+from pipelines.versioning import dvc_push, dvc_remote, is_dvc_repo, run_dvc, workspace_lock
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ def validate(settings: Settings, params: Params, days: list[dt.date]) -> Validat
     layout = Layout.of(settings, params.get("validate.store"))
     cfg = params.section("validate")
     result = ValidateResult()
-    accepted: list[tuple[dt.date, Path]] = []
+    accepted: list[tuple[dt.date, Path, dict[str, Any]]] = []
     for day in days:
         incoming = layout.incoming_batch(day)
         if not incoming.exists():
@@ -56,6 +57,7 @@ def validate(settings: Settings, params: Params, days: list[dt.date]) -> Validat
             reason = f"unreadable batch file: {type(exc).__name__}: {exc}"
             folder = quarantine_batch(layout, day, incoming, "validate", [reason])
             result.rejected[day.isoformat()] = rejection_line(day, "validation", [reason], folder)
+            publish_tree(settings, f"quarantine/{day}", folder)
             continue
         failures, gx_json = run_suite(batch, day, cfg, docs_dir=None)
         if failures:
@@ -69,37 +71,88 @@ def validate(settings: Settings, params: Params, days: list[dt.date]) -> Validat
             )
             # data docs (HTML) for a person to read: rebuilt only for rejected batches
             run_suite(batch, day, cfg, docs_dir=folder / "docs")
+            publish_tree(settings, f"quarantine/{day}", folder)
             result.rejected[day.isoformat()] = rejection_line(day, "validation", failures, folder)
             log.error("%s", result.rejected[day.isoformat()])
             continue
         report = {"batch_date": day.isoformat(), "rows": len(batch), "success": True,
                   "expectations": len(gx_json.get("results", []))}  # fmt: skip
-        atomic_write_text(layout.reports / "validation" / f"{day}.json", json.dumps(report, indent=2))
-        accepted.append((day, incoming))
+        accepted.append((day, incoming, report))
         result.passed[day.isoformat()] = len(batch)
         log.info("validate %s: %d rows passed %d expectations", day, len(batch), report["expectations"])
 
     if accepted:
         with workspace_lock(settings.root):
-            for day, incoming in accepted:
-                atomic_copy(incoming, layout.validated_batch(day))
-                incoming.unlink()
-            if is_dvc_repo(settings.root):
-                run_dvc(
-                    settings.root,
-                    "add",
-                    "--quiet",
-                    str(layout.validated.relative_to(settings.root)),
-                    locked=False,
-                )
-    tracked = layout.validated.with_suffix(".dvc")
-    if tracked.exists():  # the hash `dvc add` just recorded: no need to hash the store again
-        import yaml
-
-        result.data_version = yaml.safe_load(tracked.read_text())["outs"][0]["md5"]
+            result.data_version = _commit(settings, layout, accepted)
+    elif layout.validated.with_suffix(".dvc").exists():
+        result.data_version = _recorded_version(layout.validated.with_suffix(".dvc"))
     if result.rejected:
         raise BatchRejected(" | ".join(result.rejected.values()))
     return result
+
+
+def _recorded_version(tracked: Path) -> str:
+    """The hash `dvc add` recorded (no need to hash the store again)."""
+    import yaml
+
+    return str(yaml.safe_load(tracked.read_text())["outs"][0]["md5"])
+
+
+def _commit(
+    settings: Settings, layout: Layout, accepted: list[tuple[dt.date, Path, dict[str, Any]]]
+) -> str | None:
+    """Make the passing batches part of the validated data, all or nothing.
+
+    In order: copy into ``data/validated``, ``dvc add`` (new data version), ``dvc push`` to the
+    remote (if any), publish batches and reports to the store (if any). If any of it fails,
+    the batch files and the ``.dvc`` record are put back as they were and the incoming
+    batches stay where they are, so the retried step starts over; what DVC had already
+    uploaded is content-addressed and referenced by no version.
+    """
+    tracked = layout.validated.with_suffix(".dvc")
+    previous = tracked.read_text() if tracked.exists() else None
+    copied: list[Path] = []
+    try:
+        for day, incoming, _ in accepted:
+            target = layout.validated_batch(day)
+            atomic_copy(incoming, target)
+            copied.append(target)
+        version = None
+        if is_dvc_repo(settings.root):
+            run_dvc(
+                settings.root,
+                "add",
+                "--quiet",
+                str(layout.validated.relative_to(settings.root)),
+                locked=False,
+            )
+            version = _recorded_version(tracked)
+            remote = dvc_remote(settings.root, settings.dvc_remote, locked=False)
+            if remote:
+                dvc_push(settings.root, remote, str(tracked.relative_to(settings.root)), locked=False)
+        staged = layout.reports / "validation" / ".staged"
+        staged.mkdir(parents=True, exist_ok=True)
+        items: list[tuple[str, Path]] = []
+        for day, _, report in accepted:
+            atomic_write_text(
+                staged / f"{day}.json", json.dumps({**report, "data_version": version}, indent=2)
+            )
+            items += [(f"validated/{day}.parquet", layout.validated_batch(day)),
+                      (f"reports/validation/{day}.json", staged / f"{day}.json")]  # fmt: skip
+        publish_files(settings, items)
+    except BaseException:
+        for path in copied:
+            path.unlink(missing_ok=True)
+        if previous is None:
+            tracked.unlink(missing_ok=True)
+        elif tracked.exists() and tracked.read_text() != previous:
+            atomic_write_text(tracked, previous)
+        log.error("validate: nothing committed; data/validated and its data version are as before")
+        raise
+    for day, incoming, _ in accepted:
+        os.replace(staged / f"{day}.json", layout.reports / "validation" / f"{day}.json")
+        incoming.unlink()
+    return version
 
 
 def run_suite(
