@@ -115,6 +115,14 @@ def main(argv: list[str] | None = None) -> int:
     except StepError as exc:
         print(f"mlops {args.step}: failed: {exc}", file=sys.stderr)
         return exc.exit_code
+    except Exception as exc:
+        from pipelines.errors import describe_service_error
+
+        line = describe_service_error(exc)
+        if line is None:
+            raise
+        print(f"mlops {args.step}: failed: {line}", file=sys.stderr)
+        return 1
     if isinstance(result, int):
         return result
     if result is not None and args.step != "status":

@@ -23,3 +23,26 @@ class RegistryConflict(StepError):
     """The champion moved since the gate evaluated against it (compare-and-set failed)."""
 
     exit_code = 3
+
+
+def describe_service_error(exc: BaseException) -> str | None:
+    """One line for a tracking-server outage (MLflow's client raises a long exception with
+    the whole urllib3 retry history); None for anything else (a bug keeps its traceback)."""
+    import os
+    import re
+
+    text = str(exc)
+    if not type(exc).__module__.startswith("mlflow") and "requests" not in type(exc).__module__:
+        return None
+    match = re.search(r"API request to (https?://[^/\s]+)\S* failed with (exception|error code) (\S+)", text)
+    if not match:
+        return None
+    server, kind, detail = match.groups()
+    if kind == "error code":
+        return f"MLflow tracking server {server} answered HTTP {detail}"
+    reason = re.search(
+        r"\[Errno -?\d+\] ([^'\")]+)|(Read timed out|Connection aborted|RemoteDisconnected)", text
+    )
+    why = (reason.group(1) or reason.group(2)).strip() if reason else detail.rstrip(":")
+    retries = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "7")
+    return f"MLflow tracking server {server} unreachable after {retries} retries ({why})"
