@@ -83,7 +83,22 @@ def validate(settings: Settings, params: Params, days: list[dt.date]) -> Validat
 
     if accepted:
         with workspace_lock(settings.root):
-            result.data_version = _commit(settings, layout, accepted)
+            # the same day validated meanwhile by another run (a scheduled and a manual
+            # nightly, say): the first commit consumed the incoming file; nothing to redo
+            pending = []
+            for day, incoming, report in accepted:
+                if incoming.exists():
+                    pending.append((day, incoming, report))
+                elif layout.validated_batch(day).exists():
+                    log.info("validate %s: committed meanwhile by another run", day)
+                    result.passed.pop(day.isoformat(), None)
+                    result.already.append(day.isoformat())
+                else:
+                    raise StepError(f"batch {day}: {incoming} disappeared while it was being validated")
+            if pending:
+                result.data_version = _commit(settings, layout, pending)
+            elif layout.validated.with_suffix(".dvc").exists():
+                result.data_version = _recorded_version(layout.validated.with_suffix(".dvc"))
     elif layout.validated.with_suffix(".dvc").exists():
         result.data_version = _recorded_version(layout.validated.with_suffix(".dvc"))
     if result.rejected:
