@@ -55,7 +55,7 @@ build_base() {
 build_image() {
   local from=${BASE_IMAGE:-$base}
   local start=$SECONDS
-  podman build --quiet --network host "${ca_mount[@]}" --build-arg "BASE_IMAGE=$from" \
+  podman build --quiet --format docker --network host "${ca_mount[@]}" --build-arg "BASE_IMAGE=$from" \
     -f docker/Dockerfile -t "$image" . > "$state/build.log"
   echo "step image $image built from $from in $((SECONDS - start)) s"
 }

@@ -10,6 +10,9 @@ import pytest
 from tests.conftest import REPO, VENV_BIN
 
 DAGS = REPO / "dags"
+# the factory is imported as the DAG files import it (they sit beside it)
+if str(DAGS) not in sys.path:
+    sys.path.insert(0, str(DAGS))
 
 
 @pytest.fixture(scope="session")

@@ -220,3 +220,58 @@ def test_dag_test_retrain_then_nightly(january: Path, airflow_db, monkeypatch: p
     assert (january / "data/predictions/2013-02-01.parquet").exists()
     assert (january / "reports/monitor/2013-02-01/drift.html").stat().st_size > 100_000
     assert summary["live"]["date"] == "2013-01-31", "yesterday's predictions met their labels"
+
+
+def test_kubernetes_manifest_example_and_pod_template(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """docker/kubernetes/: the example manifest is coherent, and the pod template merges with
+    what the factory sets (volumes and security context from the template; image, command,
+    resources and secrets from the configuration)."""
+    import yaml
+    from step_operator import step_task  # type: ignore[import-not-found]
+
+    folder = Path(__file__).resolve().parents[2] / "docker" / "kubernetes"
+    docs = [d for d in yaml.safe_load_all((folder / "mlops.yaml").read_text()) if d]
+    kinds = {d["kind"]: d for d in docs}
+    assert set(kinds) == {
+        "Namespace",
+        "ServiceAccount",
+        "Role",
+        "RoleBinding",
+        "ConfigMap",
+        "PersistentVolumeClaim",
+    }
+    namespace = kinds["Namespace"]["metadata"]["name"]
+    assert all(d["metadata"].get("namespace", namespace) == namespace for d in docs)
+    assert "Secret" not in kinds, "secrets are created with kubectl, never kept in the repository"
+    assert {"create", "delete", "watch"} <= set(kinds["Role"]["rules"][0]["verbs"])
+
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(KUBECONFIG)
+    for key, value in {"MLOPS_K8S_CONFIG_FILE": str(kubeconfig), "MLOPS_IMAGE": "registry.example.com/mlops:1",
+                       "MLOPS_K8S_NAMESPACE": namespace, "MLOPS_K8S_SECRETS": "mlops-s3",
+                       "MLOPS_K8S_POD_TEMPLATE": str(folder / "pod-template.yaml")}.items():  # fmt: skip
+        monkeypatch.setenv(key, value)
+    from airflow.sdk import DAG
+
+    with DAG("t", schedule=None):
+        op = step_task("validate", "--date", "2013-07-15", mode="kubernetes")
+    pod = op.build_pod_request_obj()
+    container = pod.spec.containers[0]
+    assert container.image == "registry.example.com/mlops:1" and container.args == [
+        "validate",
+        "--date",
+        "2013-07-15",
+    ]
+    assert pod.spec.service_account_name == kinds["ServiceAccount"]["metadata"]["name"]
+    assert pod.spec.security_context.run_as_non_root and pod.spec.security_context.run_as_user == 10001
+    assert [(m.name, m.mount_path) for m in container.volume_mounts if m.name == "workspace"] == [
+        ("workspace", "/project")
+    ]
+    claim = next(v for v in pod.spec.volumes if v.name == "workspace").persistent_volume_claim.claim_name
+    assert claim == kinds["PersistentVolumeClaim"]["metadata"]["name"]
+    sources = {(s.config_map_ref.name if s.config_map_ref else None, s.secret_ref.name if s.secret_ref else None)
+               for s in container.env_from}  # fmt: skip
+    assert (kinds["ConfigMap"]["metadata"]["name"], None) in sources and (None, "mlops-s3") in sources
+    assert container.resources.requests == {"cpu": "500m", "memory": "1Gi"}

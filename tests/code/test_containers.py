@@ -1,0 +1,113 @@
+"""The container artefacts: docker/compose.yaml against the Compose Specification's JSON
+schema (the copy check-jsonschema ships, so no network is needed), plus what the schema
+cannot say; docker/Dockerfile's layer order and runtime contract."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO, VENV_BIN
+
+COMPOSE = REPO / "docker" / "compose.yaml"
+
+
+def validate(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(VENV_BIN / "check-jsonschema"), "--builtin-schema", "vendor.compose-spec", str(path)],
+        capture_output=True,
+        text=True,
+    )
+
+
+def test_compose_file_is_valid_against_the_compose_spec() -> None:
+    proc = validate(COMPOSE)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_the_schema_check_catches_a_broken_compose_file(tmp_path: Path) -> None:
+    broken = yaml.safe_load(COMPOSE.read_text())
+    broken["services"]["redis"]["healthcheck"] = ["redis-cli", "ping"]  # must be a mapping
+    broken["services"]["mlflow"]["restart_policy"] = "always"  # not a service key
+    path = tmp_path / "compose.yaml"
+    path.write_text(yaml.safe_dump(broken))
+    proc = validate(path)
+    assert proc.returncode == 1
+    assert "$.services.redis.healthcheck" in proc.stdout, proc.stdout
+    assert "restart_policy" in proc.stdout, proc.stdout
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:  # type: ignore[type-arg]
+    return dict(yaml.safe_load(COMPOSE.read_text()))
+
+
+def test_compose_topology(compose: dict) -> None:  # type: ignore[type-arg]
+    services = compose["services"]
+    for name in ("postgres", "redis", "minio", "mlflow", "airflow-apiserver", "airflow-scheduler",
+                 "airflow-dag-processor", "airflow-triggerer", "airflow-worker", "step-image"):  # fmt: skip
+        assert name in services, name
+    worker = services["airflow-worker"]
+    assert worker["command"] == ["celery", "worker"]
+    assert "/var/run/docker.sock:/var/run/docker.sock" in worker["volumes"]
+    env = worker["environment"]
+    assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
+    assert env["MLOPS_EXECUTION_MODE"] == "docker" and env["MLOPS_IMAGE"] == services["step-image"]["image"]
+    assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql+psycopg2://")
+    # the MLflow server: Postgres backend, S3 artifacts
+    command = " ".join(services["mlflow"]["command"])
+    assert "--backend-store-uri=postgresql+psycopg2://" in command
+    assert "--artifacts-destination=s3://" in command and "--serve-artifacts" in command
+
+
+def test_compose_publishes_on_loopback_only_and_holds_no_secret(compose: dict) -> None:  # type: ignore[type-arg]
+    for name, service in compose["services"].items():
+        for port in service.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), (name, port)
+    text = COMPOSE.read_text()
+    for key in (
+        "POSTGRES_PASSWORD",
+        "MINIO_ROOT_PASSWORD",
+        "AWS_SECRET_ACCESS_KEY",
+        "AIRFLOW__API_AUTH__JWT_SECRET",
+    ):
+        for value in re.findall(rf"{key}: (\S+)", text):
+            assert value.startswith("${"), f"{key} must come from the environment, not the file: {value}"
+    assert ":${POSTGRES_PASSWORD" in text  # connection strings interpolate the password too
+
+
+def test_every_variable_the_steps_need_is_passed_through_to_the_containers(compose: dict) -> None:  # type: ignore[type-arg]
+    import sys
+
+    sys.path.insert(0, str(REPO / "dags"))
+    from step_operator import PASSTHROUGH
+
+    env = compose["services"]["airflow-worker"]["environment"]
+    needed = {k for k in env if k.startswith(("AWS_", "MLFLOW_", "MLOPS_STORE", "MLOPS_DVC", "MLOPS_ALERT"))}
+    assert needed, env
+    assert needed <= set(PASSTHROUGH), needed - set(PASSTHROUGH)
+
+
+def test_dockerfile_layers_deps_before_code_and_runs_unprivileged() -> None:
+    lines = [
+        line.strip()
+        for line in (REPO / "docker" / "Dockerfile").read_text().splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+    text = "\n".join(lines)
+
+    def first(pattern: str) -> int:
+        return next(i for i, line in enumerate(lines) if re.search(pattern, line))
+
+    assert lines[0].startswith("ARG BASE_IMAGE=") and lines[1] == "FROM ${BASE_IMAGE}"
+    assert first(r"^COPY pyproject.toml uv.lock") < first(r"--no-install-project") < first(r"^COPY pipelines")
+    assert first(r"^COPY pipelines") > first(r"--no-install-project")
+    assert "USER mlops" in lines and "useradd" in text and "--uid 10001" in text
+    assert any(line.startswith("HEALTHCHECK") for line in lines)
+    assert 'ENTRYPOINT ["mlops"]' in lines
+    ignored = [x for x in (REPO / ".dockerignore").read_text().splitlines() if x and not x.startswith("#")]
+    assert ignored[0] == "*" and "!pipelines/" in ignored  # the build context is the package only
