@@ -6,9 +6,12 @@ scheduler/worker, never by editing DAG files):
 
 - ``MLOPS_EXECUTION_MODE=local`` (default): a BashOperator running the command in this
   project's environment (a subprocess; the embedded default).
-- ``docker``: a DockerOperator on the step image (``MLOPS_IMAGE``), via ``MLOPS_DOCKER_URL``.
+- ``docker``: a DockerOperator on the step image (``MLOPS_IMAGE``), via ``MLOPS_DOCKER_URL``
+  (``MLOPS_DOCKER_NETWORK``, ``MLOPS_DOCKER_USER``, ``MLOPS_DOCKER_PROJECT_MOUNT``: a host
+  folder mounted as the step's workspace).
 - ``kubernetes``: a KubernetesPodOperator with the same image, namespace, resources and
-  secrets from ``MLOPS_K8S_*``.
+  secrets from ``MLOPS_K8S_*`` (``MLOPS_K8S_POD_TEMPLATE``: a pod template, e.g.
+  ``docker/kubernetes/pod-template.yaml``, for volumes and security context).
 
 In every mode exit code 99 ("done, skip downstream") maps to *skipped*, and the step's
 last stdout line (its JSON result) becomes the task's XCom. Manual-trigger Params reach
@@ -32,7 +35,9 @@ REPLAY_YEAR = 2013
 PASSTHROUGH = (
     "MLFLOW_TRACKING_URI", "MLOPS_TRACKING_URI", "MLOPS_EXPERIMENT", "MLOPS_ALERT_WEBHOOK",
     "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION",
-    "MLOPS_S3_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL",
+    "AWS_REGION", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "MLOPS_S3_ENDPOINT_URL",
+    "MLFLOW_S3_ENDPOINT_URL", "MLOPS_STORE_URI", "MLOPS_DVC_REMOTE", "MLOPS_S3_MAX_ATTEMPTS",
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "MLFLOW_HTTP_REQUEST_TIMEOUT",
 )  # fmt: skip
 
 # The batch date of a run: the `date` Param when given, else the run's logical date
@@ -96,8 +101,10 @@ def alert_on_failure(context: dict[str, Any]) -> None:
 
 DEFAULT_ARGS: dict[str, Any] = {
     "owner": "mlops",
-    "retries": 2,
-    "retry_delay": dt.timedelta(seconds=30),
+    # transient outages (S3, the MLflow server) are retried by Airflow on top of the
+    # clients' own retries; both are configuration (MLOPS_TASK_RETRIES, ..._RETRY_DELAY_S)
+    "retries": int(os.environ.get("MLOPS_TASK_RETRIES", "2")),
+    "retry_delay": dt.timedelta(seconds=float(os.environ.get("MLOPS_TASK_RETRY_DELAY_S", "30"))),
     "retry_exponential_backoff": True,
     "max_retry_delay": dt.timedelta(minutes=10),
     "on_failure_callback": alert_on_failure,
@@ -160,6 +167,7 @@ def step_task(
             task_id=task_id, image=image, command=[step, *args], environment=env,
             docker_url=os.environ.get("MLOPS_DOCKER_URL", "unix://var/run/docker.sock"),
             network_mode=os.environ.get("MLOPS_DOCKER_NETWORK", "bridge"), mounts=mounts,
+            user=os.environ.get("MLOPS_DOCKER_USER") or None,  # e.g. the owner of a bind-mounted workspace
             mount_tmp_dir=False, auto_remove="success", skip_on_exit_code=EXIT_SKIPPED,
             do_xcom_push=True, xcom_all=False, **kwargs,
         )  # fmt: skip
@@ -183,6 +191,7 @@ def step_task(
         namespace=os.environ.get("MLOPS_K8S_NAMESPACE", "mlops"), container_resources=resources,
         service_account_name=os.environ.get("MLOPS_K8S_SERVICE_ACCOUNT") or None,
         config_file=config_file, in_cluster=not config_file, get_logs=True, do_xcom_push=True,
+        pod_template_file=os.environ.get("MLOPS_K8S_POD_TEMPLATE") or None,  # docker/kubernetes/
         on_finish_action="delete_pod", skip_on_exit_code=EXIT_SKIPPED, **kwargs,
     )  # fmt: skip
 
