@@ -14,7 +14,8 @@ scheduler/worker, never by editing DAG files):
   ``docker/kubernetes/pod-template.yaml``, for volumes and security context).
 
 In every mode exit code 99 ("done, skip downstream") maps to *skipped*, and the step's
-last stdout line (its JSON result) becomes the task's XCom. Manual-trigger Params reach
+JSON result becomes the task's XCom (local: its last stdout line; docker and kubernetes:
+a file the step writes, ``MLOPS_XCOM_FILE``, read back from the container). Manual-trigger Params reach
 the step as JSON in ``MLOPS_SET`` (never through a shell), and are recorded by the step.
 
 Kept cheap to import: no heavy imports at module level (DAG parsing imports this).
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 EXIT_SKIPPED = 99
+DOCKER_XCOM_FILE = "/tmp/mlops-xcom.json"  # inside the step container
 REPLAY_YEAR = 2013
 # env passed through to the step in docker/kubernetes mode when set on the Airflow side
 PASSTHROUGH = (
@@ -163,14 +165,19 @@ def step_task(
                 Mount(target="/project", source=os.environ["MLOPS_DOCKER_PROJECT_MOUNT"], type="bind")
             )
             env["MLOPS_PROJECT_DIR"] = "/project"
-        return DockerOperator(
+        # the step's result comes back as a file read from the stopped container, not as
+        # the last log line: the Docker API interleaves stdout and stderr in no fixed order
+        env["MLOPS_XCOM_FILE"] = DOCKER_XCOM_FILE
+        operator = DockerOperator(
             task_id=task_id, image=image, command=[step, *args], environment=env,
             docker_url=os.environ.get("MLOPS_DOCKER_URL", "unix://var/run/docker.sock"),
             network_mode=os.environ.get("MLOPS_DOCKER_NETWORK", "bridge"), mounts=mounts,
             user=os.environ.get("MLOPS_DOCKER_USER") or None,  # e.g. the owner of a bind-mounted workspace
             mount_tmp_dir=False, auto_remove="success", skip_on_exit_code=EXIT_SKIPPED,
-            do_xcom_push=True, xcom_all=False, **kwargs,
+            do_xcom_push=True, retrieve_output=True, retrieve_output_path=DOCKER_XCOM_FILE, **kwargs,
         )  # fmt: skip
+        operator.pickling_library = json  # the file is JSON (the provider would unpickle it)
+        return operator
     from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
     from kubernetes.client import models as k8s
 

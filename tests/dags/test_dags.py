@@ -110,7 +110,12 @@ def test_docker_mode_operator(monkeypatch: pytest.MonkeyPatch) -> None:
     assert op.docker_url == "unix:///run/podman/podman.sock" and op.network_mode == "host"
     assert op.environment["MLFLOW_TRACKING_URI"] == "http://127.0.0.1:5000"
     assert op.environment["AWS_ACCESS_KEY_ID"] == "test-key"
-    assert "MLOPS_SET" in op.environment and op.do_xcom_push and not op.xcom_all
+    assert "MLOPS_SET" in op.environment and op.do_xcom_push
+    # the result is the JSON file the step writes, read back from the stopped container
+    # (the log's last line is unreliable: stdout and stderr interleave); run for real in
+    # tests/profile/test_scaled_out.py::test_docker_mode_through_podman
+    assert op.retrieve_output and op.retrieve_output_path == op.environment["MLOPS_XCOM_FILE"]
+    assert op.pickling_library.loads('{"a": 1}') == {"a": 1}
 
 
 def test_kubernetes_mode_renders_the_pod(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
