@@ -62,6 +62,9 @@ def _build_parser() -> argparse.ArgumentParser:
     rb = step("rollback", "move champion back to the previous (or a given) version, audited")
     rb.add_argument("--to", dest="target", help="'previous' (default) or a version number")
     rb.add_argument("--reason", help="why (required; recorded in the audit trail)")
+    sv = step("serve", "the champion behind a REST API (predict, health, ready, metrics), hot reload")
+    sv.add_argument("--host", default=os.environ.get("MLOPS_SERVE_HOST", "127.0.0.1"))
+    sv.add_argument("--port", type=int, default=int(os.environ.get("MLOPS_SERVE_PORT", "8000")))
     st = step("status", "registry state, validated data window and the last gate verdict")
     st.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
@@ -221,6 +224,12 @@ def _run_status(settings: Any, params: Any, args: argparse.Namespace) -> Any:
     return 0
 
 
+def _run_serve(settings: Any, params: Any, args: argparse.Namespace) -> Any:
+    from pipelines.serving import serve
+
+    return serve(settings, params, args.host, args.port)
+
+
 _RUNNERS: dict[str, Callable[[Any, Any, argparse.Namespace], Any]] = {
     "ingest": _run_ingest,
     "validate": _run_validate,
@@ -233,6 +242,7 @@ _RUNNERS: dict[str, Callable[[Any, Any, argparse.Namespace], Any]] = {
     "promote": _run_promote,
     "rollback": _run_rollback,
     "status": _run_status,
+    "serve": _run_serve,
 }
 
 if __name__ == "__main__":

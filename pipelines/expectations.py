@@ -77,3 +77,24 @@ def build_suite(day: dt.date, validate_params: dict[str, Any]) -> gx.Expectation
     add(E.ExpectColumnValuesToBeInSet(column="dest", value_set=sorted(schema.known_airports())))
     add(E.ExpectColumnValuesToBeInSet(column="carrier", value_set=sorted(schema.known_carriers())))
     return suite
+
+
+def feature_constraints() -> dict[str, tuple[float, float] | frozenset[str]]:
+    """What the suite allows, restated for the model's features (the serving API's request
+    schema): a (low, high) range for numbers, a code set for categories. Derived features
+    take their bounds from the batch columns they are computed from."""
+    dep_low, dep_high = _RANGES["sched_dep_time"]
+    arr_low, arr_high = _RANGES["sched_arr_time"]
+    constraints: dict[str, tuple[float, float] | frozenset[str]] = {
+        "carrier": schema.known_carriers(),
+        "origin": frozenset(schema.NYC_ORIGINS),
+        "dest": schema.known_airports(),
+        "month": _RANGES["month"],
+        "day_of_week": (0, 6),
+        "sched_dep_hour": (dep_low // 100, dep_high // 100),
+        "sched_dep_minute_of_day": (0, (dep_high // 100) * 60 + 59),
+        "sched_arr_hour": (arr_low // 100, arr_high // 100),
+        "distance": _RANGES["distance"],
+        **_WEATHER_RANGES,
+    }
+    return constraints

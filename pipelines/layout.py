@@ -57,6 +57,10 @@ class Layout:
     def predictions_file(self, day: dt.date) -> Path:
         return self.predictions / f"{day.isoformat()}.parquet"
 
+    def served_dir(self, day: dt.date) -> Path:
+        """The serving API's prediction log for a UTC day: one file per flush."""
+        return self.predictions / "served" / day.isoformat()
+
     def monitor_dir(self, day: dt.date) -> Path:
         return self.reports / "monitor" / day.isoformat()
 

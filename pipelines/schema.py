@@ -49,6 +49,9 @@ SCHEDULE_FEATURES: tuple[str, ...] = (
 WEATHER_FEATURES: tuple[str, ...] = WEATHER_COLUMNS
 NUMERIC_FEATURES: tuple[str, ...] = SCHEDULE_FEATURES + WEATHER_FEATURES
 FEATURES: tuple[str, ...] = CATEGORICAL_FEATURES + NUMERIC_FEATURES
+# Weather readings can be missing (the model takes NaN); the other features are computed
+# from required columns, so a request must carry them.
+NULLABLE_FEATURES: tuple[str, ...] = WEATHER_FEATURES
 TARGET = "late"
 
 # Worse weather may only raise the risk: +1 = more is worse, -1 = less is worse.

@@ -101,14 +101,18 @@ def train_champion(root: Path) -> None:
     promote_if_blessed(settings, params)
 
 
-@pytest.fixture
-def january(january_template: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A private copy of the January workspace."""
-    root = tmp_path / "ws"
-    shutil.copytree(january_template, root, symlinks=True)
+def use_copy(template: Path, root: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private copy of a template workspace, made the current project."""
+    shutil.copytree(template, root, symlinks=True)
     monkeypatch.setenv("MLOPS_PROJECT_DIR", str(root))
     monkeypatch.chdir(root)
     return root
+
+
+@pytest.fixture
+def january(january_template: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private copy of the January workspace."""
+    return use_copy(january_template, tmp_path / "ws", monkeypatch)
 
 
 @pytest.fixture

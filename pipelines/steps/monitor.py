@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines import schema
-from pipelines.config import Params, Settings
+from pipelines.config import ConfigError, Params, Settings
 from pipelines.errors import StepError
 from pipelines.features import build_target
 from pipelines.layout import Layout
@@ -67,6 +67,29 @@ def current_window(layout: Layout, day: dt.date, days: int, settings: Settings |
         raise StepError(
             f"batch {day}: no scored flights in the {days} day(s) up to it (run `mlops score` first)"
         )
+    return pd.concat(frames, ignore_index=True)
+
+
+def served_window(layout: Layout, day: dt.date, days: int, settings: Settings | None = None) -> Any:
+    """What the serving API's champion scored in (day - days, day]: its prediction log
+    (``mlops serve``), fetched from the store where this host lacks a file."""
+    import pandas as pd
+
+    store = settings.store() if settings else None
+    frames = []
+    for offset in range(days):
+        d = day - dt.timedelta(days=offset)
+        folder = layout.served_dir(d)
+        if store is not None:
+            for key in store.keys(f"predictions/served/{d}/"):
+                fetch_missing(settings, key, folder / key.rsplit("/", 1)[-1])  # type: ignore[arg-type]
+        for path in sorted(folder.glob("*.parquet")) if folder.is_dir() else []:
+            frame = pd.read_parquet(path)
+            frame = frame[frame["role"] == "champion"]
+            logged = frame[[*(f"f_{c}" for c in schema.FEATURES), PREDICTION]]
+            frames.append(logged.rename(columns={f"f_{c}": c for c in schema.FEATURES}))
+    if not frames:
+        raise StepError(f"batch {day}: the serving API logged no predictions in the {days} day(s) up to it")
     return pd.concat(frames, ignore_index=True)
 
 
@@ -156,7 +179,13 @@ def monitor(settings: Settings, params: Params, day: dt.date) -> dict[str, Any]:
     if champion is None:
         raise StepError(f"model {registry.name!r} has no champion to monitor")
     reference = reference_sample(settings, registry, champion.run_id, champion.version)
-    current = current_window(layout, day, cfg["window_days"], settings)
+    traffic = cfg.get("traffic", "scored")
+    if traffic == "scored":  # the nightly batch scoring (`mlops score`)
+        current = current_window(layout, day, cfg["window_days"], settings)
+    elif traffic == "served":  # requests to `mlops serve`
+        current = served_window(layout, day, cfg["window_days"], settings)
+    else:
+        raise ConfigError(f"monitor.traffic must be 'scored' or 'served', got {traffic!r}")
     snapshot, drift = drift_report(reference, current, cfg)
     prediction = drift["columns"].get(PREDICTION, {})
     features_drift = {c: v for c, v in drift["columns"].items() if c != PREDICTION}
@@ -181,6 +210,7 @@ def monitor(settings: Settings, params: Params, day: dt.date) -> dict[str, Any]:
     snapshot.save_html(str(out_dir / "drift.html"))
     summary = {
         "date": day.isoformat(), "champion_version": champion.version, "window_days": cfg["window_days"],
+        "traffic": traffic,
         "current_rows": len(current), "reference_rows": len(reference),
         "drift_share": round(share, 4), "drifted_features": sorted(c for c, v in features_drift.items() if v["drifted"]),
         "prediction_drift": prediction, "mean_prediction": round(float(current[PREDICTION].mean()), 4),

@@ -1,0 +1,354 @@
+"""`mlops serve` for real: the FastAPI app on a real MLflow registry (SQLite) holding two
+versions trained on January 2013 (v1 champion, v2 challenger trained with other
+parameters), real flights as requests. In-process through Starlette's TestClient where the
+HTTP server does not matter; a real uvicorn process for hot reload under load."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import http.client
+import json
+import os
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import VENV_BIN, train_champion, use_copy
+from tests.services import free_port
+
+pytestmark = pytest.mark.e2e
+MODEL = "flight-delay"
+
+
+@pytest.fixture(scope="session")
+def two_versions(january_template: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """January with v1 (champion) and v2 (challenger, a smaller model: other predictions)."""
+    from pipelines.config import Settings, load_params
+    from pipelines.errors import Skipped
+    from pipelines.registry import CHALLENGER, CHAMPION, Registry
+    from pipelines.steps.evaluate import evaluate
+    from pipelines.steps.featurize import featurize
+    from pipelines.steps.promote import promote_if_blessed
+    from pipelines.steps.train import train
+
+    root = tmp_path_factory.mktemp("serving") / "ws"
+    shutil.copytree(january_template, root, symlinks=True)
+    os.environ["MLOPS_PROJECT_DIR"] = str(root)
+    try:
+        train_champion(root)
+        settings = Settings(project_dir=root)
+        params = load_params(settings, ["train.max_iter=15", "train.max_leaf_nodes=7"])
+        featurize(settings, params)
+        train(settings, params)
+        evaluate(settings, params)
+        with contextlib.suppress(Skipped):  # refused: v2 stays challenger, as wanted
+            promote_if_blessed(settings, params)
+        registry = Registry(settings, MODEL)
+        champion = registry.alias(CHAMPION)
+        if champion is not None and champion.version == "2":  # blessed: put v1 back
+            registry.move_champion("1", "2", "test set-up", forced=True, gate={})
+        assert registry.alias(CHAMPION).version == "1"  # type: ignore[union-attr]
+        assert registry.alias(CHALLENGER).version == "2"  # type: ignore[union-attr]
+    finally:
+        os.environ.pop("MLOPS_PROJECT_DIR", None)
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    return root
+
+
+@pytest.fixture
+def served(two_versions: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.delenv("MLOPS_SERVE_API_KEY", raising=False)
+    return use_copy(two_versions, tmp_path / "ws", monkeypatch)
+
+
+def flights(root: Path, rows: int, day: str = "2013-01-31") -> list[dict[str, Any]]:
+    import pandas as pd
+
+    from pipelines.features import build_features
+
+    features = build_features(pd.read_parquet(root / f"data/validated/{day}.parquet")).head(rows)
+    return list(json.loads(features.to_json(orient="records")))
+
+
+def direct(root: Path, version: str, instances: list[dict[str, Any]]) -> list[float]:
+    """The version's predictions, loaded straight from the registry (not through the app)."""
+    import mlflow
+    import pandas as pd
+
+    from pipelines import schema
+
+    model = mlflow.sklearn.load_model(f"models:/{MODEL}/{version}")
+    frame = pd.DataFrame(instances, columns=list(schema.FEATURES))
+    frame[list(schema.NUMERIC_FEATURES)] = frame[list(schema.NUMERIC_FEATURES)].astype("float64")
+    return [round(float(p), 6) for p in model.predict_proba(frame)[:, 1]]
+
+
+def app_client(*overrides: str) -> Any:
+    from fastapi.testclient import TestClient
+
+    from pipelines.config import Settings, load_params
+    from pipelines.serving import create_app
+
+    settings = Settings()
+    params = load_params(settings, ["serve.poll_interval_s=0.5", "serve.log_flush_s=0.5", *overrides])
+    return TestClient(create_app(settings, params))
+
+
+def test_predict_and_schema_errors_name_the_field(served: Path) -> None:
+    one, many = flights(served, 1), flights(served, 100)
+    with app_client("serve.max_instances=200") as client:
+        assert client.get("/health").json() == {"status": "ok"}
+        assert client.get("/ready").json()["version"] == "1"
+        response = client.post("/predict", json={"instances": one})
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["model_version"] == "1" and body["predictions"] == direct(served, "1", one)
+        response = client.post("/predict", json={"instances": many})
+        assert response.status_code == 200 and response.json()["predictions"] == direct(served, "1", many)
+        # a missing weather reading is allowed (the model takes NaN)
+        assert client.post("/predict", json={"instances": [{**one[0], "wind_gust": None}]}).status_code == 200
+
+        good = one[0]
+        without_distance = {k: v for k, v in good.items() if k != "distance"}
+        cases: list[tuple[Any, str, str]] = [
+            ({"instances": [without_distance]}, "instances[0].distance", "Field required"),
+            ({"instances": [{**good, "month": 13}]}, "instances[0].month", "less than or equal to 12"),
+            ({"instances": [good, {**good, "temp": -80}]}, "instances[1].temp", "greater than or equal to -40"),
+            ({"instances": [{**good, "carrier": "ZZ"}]}, "instances[0].carrier", "Input should be"),
+            ({"instances": [{**good, "dest": "XXX"}]}, "instances[0].dest", "'XXX' is not a known dest code"),
+            ({"instances": [{**good, "distance": "far"}]}, "instances[0].distance", "valid number"),
+            ({"instances": [{**good, "distance": None}]}, "instances[0].distance", "valid number"),
+            ({"instances": [{**good, "seats": 180}]}, "instances[0].seats", "Extra inputs are not permitted"),
+            ({"instances": []}, "instances", "at least 1 item"),
+            ({"instances": [good] * 201}, "instances", "at most 200 items"),
+            ({"rows": [good]}, "instances", "Field required"),
+            ([good], "body", "Input should be an object"),
+        ]  # fmt: skip
+        for payload, field, message in cases:
+            response = client.post("/predict", json=payload)
+            assert response.status_code == 422, (field, response.status_code, response.text)
+            error = response.json()["error"]
+            assert error.startswith(f"{field}: ") and message in error, (field, error)
+        for raw in (b"{not json", b"", b"null", b'{"instances": [1]}'):
+            response = client.post("/predict", content=raw)
+            assert response.status_code == 422, (raw, response.text)
+        dest_error = client.post("/predict", json={"instances": [{**good, "dest": "XXX"}]}).json()["error"]
+        assert len(dest_error) < 200, dest_error  # names the field, does not list 1,462 airports
+
+        metrics = client.get("/metrics").text
+        assert 'mlops_serve_requests_total{model_version="1",outcome="ok"} 3.0' in metrics
+        assert (
+            f'mlops_serve_requests_total{{model_version="1",outcome="invalid"}} {len(cases) + 5}.0' in metrics
+        )
+        assert 'mlops_serve_model_info{alias="champion",model="flight-delay",version="1"} 1.0' in metrics
+        assert (
+            'mlops_serve_request_latency_seconds_bucket{le="0.015",model_version="1",outcome="ok"}' in metrics
+        )
+
+
+def test_direct_path_gives_the_pipelines_answers(served: Path) -> None:
+    """The serving fast path (fitted encoder categories as lookups, then the classifier)
+    against the scikit-learn pipeline itself, on real days, unknown codes and missing values."""
+    import numpy as np
+    import pandas as pd
+
+    from pipelines.config import Settings
+    from pipelines.features import build_features
+    from pipelines.registry import Registry
+    from pipelines.serving import load_version
+
+    loaded = load_version(Registry(Settings(), MODEL), "1", 1000)
+    assert loaded.fast is not None
+    for day in ("2013-01-02", "2013-01-17", "2013-01-31"):
+        features = build_features(pd.read_parquet(served / f"data/validated/{day}.parquet"))
+        records = json.loads(features.to_json(orient="records"))
+        frame = loaded.frame(records)
+        assert np.array_equal(loaded.fast(frame), loaded.model.predict_proba(features)[:, 1]), day
+    odd = [{**records[0], "dest": "ZZZ", "temp": None, "wind_gust": None}, {**records[1], "carrier": "XX"}]
+    frame = loaded.frame(odd)
+    assert np.array_equal(loaded.fast(frame), loaded.model.predict_proba(frame)[:, 1])
+
+
+def test_api_key_guards_predict_only(served: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLOPS_SERVE_API_KEY", "s3cret-key")
+    payload = {"instances": flights(served, 2)}
+    with app_client() as client:
+        assert client.post("/predict", json=payload).status_code == 401
+        assert client.post("/predict", json=payload, headers={"X-API-Key": "wrong"}).status_code == 401
+        assert client.post("/predict", json=payload, headers={"X-API-Key": "s3cret-key"}).status_code == 200
+        bearer = {"Authorization": "Bearer s3cret-key"}
+        assert client.post("/predict", json=payload, headers=bearer).status_code == 200
+        assert client.get("/health").status_code == 200 and client.get("/ready").status_code == 200
+        assert client.get("/metrics").status_code == 200
+        assert 'outcome="unauthorized"} 2.0' in client.get("/metrics").text
+
+
+def read_log(root: Path) -> Any:
+    import pandas as pd
+
+    files = sorted((root / "data/predictions/served").glob("*/*.parquet"))
+    return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True) if files else pd.DataFrame()
+
+
+def test_shadow_scores_in_background_without_changing_responses(served: Path) -> None:
+    batches = [
+        flights(served, n, day) for n, day in ((1, "2013-01-30"), (25, "2013-01-31"), (7, "2013-01-29"))
+    ]
+    responses: dict[bool, list[Any]] = {}
+    for shadow in (False, True):
+        shutil.rmtree(served / "data/predictions/served", ignore_errors=True)
+        with app_client(f"serve.shadow={str(shadow).lower()}") as client:
+            assert client.get("/ready").json()["shadow"] == ("2" if shadow else None)
+            answers = []
+            for i, batch in enumerate(batches):
+                response = client.post(
+                    "/predict", json={"instances": batch}, headers={"X-Request-Id": f"r{i}"}
+                )
+                assert response.status_code == 200
+                answers.append(response.json())
+            responses[shadow] = answers
+        log = read_log(served)  # flushed on shutdown
+        champion_rows = log[log["role"] == "champion"]
+        assert len(champion_rows) == sum(map(len, batches))
+        assert set(champion_rows["model_version"]) == {"1"}
+        shadow_rows = log[log["role"] == "shadow"]
+        if not shadow:
+            assert shadow_rows.empty
+            continue
+        # the challenger scored the same requests, logged with their ids, never answered
+        assert len(shadow_rows) == len(champion_rows) and set(shadow_rows["model_version"]) == {"2"}
+        for i, batch in enumerate(batches):
+            mine = shadow_rows[shadow_rows["request_id"] == f"r{i}"]
+            assert [round(float(p), 6) for p in mine["prediction"]] == direct(served, "2", batch)
+    assert responses[True] == responses[False]  # same predictions, same version, same ids
+    assert direct(served, "2", batches[1]) != direct(served, "1", batches[1])  # a real second opinion
+
+
+def test_prediction_log_is_what_monitor_reads(served: Path, run_cli: Any) -> None:
+    batch = flights(served, 300, "2013-01-31") + flights(served, 200, "2013-01-30")
+    with app_client("serve.shadow=true") as client:
+        for start in range(0, len(batch), 50):
+            assert client.post("/predict", json={"instances": batch[start : start + 50]}).status_code == 200
+    log = read_log(served)
+    assert len(log) == 2 * len(batch)  # champion + shadow rows
+    assert {"f_carrier", "f_distance", "prediction", "model_version", "served_at", "batch_date"} <= set(log)
+    today = dt.datetime.now(dt.UTC).date().isoformat()
+    code, _, err = run_cli("monitor", "--date", today, "--set", "monitor.traffic=served")
+    assert code in (0, 99), err
+    summary = json.loads((served / f"reports/monitor/{today}/summary.json").read_text())
+    assert summary["traffic"] == "served" and summary["current_rows"] == len(batch)  # the champion's rows
+    assert summary["champion_version"] == "1"
+    served_mean = float(log[log["role"] == "champion"]["prediction"].mean())
+    assert summary["mean_prediction"] == pytest.approx(served_mean, abs=1e-4)
+    code, _, err = run_cli("monitor", "--date", today, "--set", "monitor.traffic=bogus")
+    assert code == 2 and "monitor.traffic must be 'scored' or 'served'" in err
+
+
+def test_hot_reload_and_rollback_under_concurrent_requests(served: Path) -> None:
+    """A real uvicorn process; four clients post without pause while the champion moves
+    1 -> 2 (a promotion) and back (a rollback): no request fails, and each client's
+    responses switch version once per move."""
+    from pipelines.config import Settings
+    from pipelines.registry import CHAMPION, Registry
+
+    port = free_port()
+    env = {**os.environ, "MLOPS_PROJECT_DIR": str(served), "PATH": f"{VENV_BIN}:{os.environ['PATH']}"}
+    proc = subprocess.Popen(
+        [str(VENV_BIN / "mlops"), "serve", "--port", str(port), "--set", "serve.poll_interval_s=0.5"],
+        cwd=served, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not _ready(port):
+            assert proc.poll() is None and time.monotonic() < deadline, (
+                proc.stdout.read() if proc.stdout else ""
+            )
+            time.sleep(0.5)
+        body = json.dumps({"instances": flights(served, 3)}).encode()
+        stop = threading.Event()
+        seen: list[list[str]] = [[] for _ in range(4)]
+        failures: list[str] = []
+        answers: dict[str, set[tuple[float, ...]]] = {"1": set(), "2": set()}
+
+        def client(mine: list[str]) -> None:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            while not stop.is_set():
+                try:
+                    conn.request("POST", "/predict", body, {"Content-Type": "application/json"})
+                    response = conn.getresponse()
+                    payload = response.read()
+                except OSError as exc:
+                    failures.append(repr(exc))
+                    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+                    continue
+                if response.status != 200:
+                    failures.append(f"{response.status} {payload[:200]!r}")
+                else:
+                    answer = json.loads(payload)
+                    mine.append(answer["model_version"])
+                    answers[answer["model_version"]].add(tuple(answer["predictions"]))
+
+        threads = [threading.Thread(target=client, args=(s,)) for s in seen]
+        for t in threads:
+            t.start()
+        registry = Registry(Settings(project_dir=served), MODEL)
+
+        def wait_all_on(version: str) -> None:
+            marks = [len(s) for s in seen]
+            deadline = time.monotonic() + 60
+            while not all(len(s) > m and s[-1] == version for s, m in zip(seen, marks, strict=True)):
+                assert time.monotonic() < deadline, [s[-3:] for s in seen]
+                time.sleep(0.2)
+
+        time.sleep(1)
+        registry.move_champion("2", "1", "promotion under load (test)", forced=True, gate={})
+        wait_all_on("2")
+        time.sleep(1)
+        registry.rollback("previous", "rollback under load (test)")
+        assert registry.alias(CHAMPION).version == "1"  # type: ignore[union-attr]
+        wait_all_on("1")
+        time.sleep(0.5)
+        stop.set()
+        for t in threads:
+            t.join()
+        assert not failures, failures[:5]
+        # requests batched together (and across a swap) got their own version's answer
+        instances = json.loads(body)["instances"]
+        assert answers == {v: {tuple(direct(served, v, instances))} for v in ("1", "2")}
+        for versions in seen:
+            runs = [v for i, v in enumerate(versions) if i == 0 or versions[i - 1] != v]
+            assert runs == ["1", "2", "1"], runs  # switched once per move, never back and forth
+        conn = http.client.HTTPConnection("127.0.0.1", port)
+        conn.request("GET", "/metrics")
+        metrics = conn.getresponse().read().decode()
+        assert 'mlops_serve_reloads_total{alias="champion",outcome="swapped"} 3.0' in metrics  # load, 2, 1
+        assert 'mlops_serve_requests_total{model_version="2",outcome="ok"}' in metrics
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    # the log was flushed on shutdown, versions as answered
+    log = read_log(served)
+    assert set(log[log["role"] == "champion"]["model_version"]) == {"1", "2"}
+    assert len(log[log["role"] == "champion"]) == 3 * sum(map(len, seen))
+
+
+def _ready(port: int) -> bool:
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+        conn.request("GET", "/ready")
+        return conn.getresponse().status == 200
+    except OSError:
+        return False
+
+
+@pytest.fixture(autouse=True)
+def _quiet_progress(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    yield
