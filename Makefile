@@ -14,7 +14,7 @@ export DO_NOT_TRACK := true
 DEMO_DATES ?= 2013-01-01:2013-01-31
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint env clean-demo airflow airflow-stop bench
+.PHONY: demo test lint env clean-demo airflow airflow-stop bench serve
 
 env: $(VENV)/.synced
 
@@ -39,6 +39,11 @@ airflow-stop:
 bench: env
 	$(VENV)/bin/python bench/dag_parse.py
 	$(VENV)/bin/python bench/train_full_year.py
+	$(VENV)/bin/python bench/serve_load.py   # needs a champion: run `make demo` first
+
+# the champion behind the REST API on 127.0.0.1:8000 (after `make demo`)
+serve: env
+	$(VENV)/bin/mlops serve --port 8000
 
 test: env
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
