@@ -121,10 +121,13 @@ def drift_report(reference: Any, current: Any, cfg: dict[str, Any]) -> tuple[Any
     from evidently import DataDefinition, Dataset, Report
     from evidently.presets import DataDriftPreset
 
-    columns = [*schema.FEATURES, PREDICTION]
+    # a column with no value at all on one side cannot be compared (e.g. no gust reported
+    # in a small window of served requests): left out and listed, never called drifted
+    empty = [c for c in schema.FEATURES if current[c].isna().all() or reference[c].isna().all()]
+    columns = [c for c in [*schema.FEATURES, PREDICTION] if c not in empty]
     definition = DataDefinition(
-        numerical_columns=[*schema.NUMERIC_FEATURES, PREDICTION],
-        categorical_columns=list(schema.CATEGORICAL_FEATURES),
+        numerical_columns=[c for c in [*schema.NUMERIC_FEATURES, PREDICTION] if c not in empty],
+        categorical_columns=[c for c in schema.CATEGORICAL_FEATURES if c not in empty],
     )
     ref = Dataset.from_pandas(reference[columns], data_definition=definition)
     cur = Dataset.from_pandas(current[columns], data_definition=definition)
@@ -133,7 +136,7 @@ def drift_report(reference: Any, current: Any, cfg: dict[str, Any]) -> tuple[Any
         num_method=cfg["num_method"], num_threshold=cfg["num_threshold"],
         cat_method=cfg["cat_method"], cat_threshold=cfg["cat_threshold"],
         # a week's weather is expected to differ from a month's: a wider margin for it
-        per_column_threshold={c: cfg["weather_threshold"] for c in schema.WEATHER_FEATURES},
+        per_column_threshold={c: cfg["weather_threshold"] for c in schema.WEATHER_FEATURES if c not in empty},
     )  # fmt: skip
     snapshot = Report([preset]).run(current_data=cur, reference_data=ref)
     metrics = snapshot.dict()["metrics"]
@@ -164,7 +167,8 @@ def drift_report(reference: Any, current: Any, cfg: dict[str, Any]) -> tuple[Any
         pred = per_column[PREDICTION]
         pred["threshold"] = float(cfg["prediction_drift_threshold"])
         pred["drifted"] = pred["score"] >= pred["threshold"]
-    return snapshot, {"count": int(share["count"]), "share": float(share["share"]), "columns": per_column}
+    return snapshot, {"count": int(share["count"]), "share": float(share["share"]), "columns": per_column,
+                      "unmeasured": empty}  # fmt: skip
 
 
 def monitor(settings: Settings, params: Params, day: dt.date) -> dict[str, Any]:
@@ -215,6 +219,7 @@ def monitor(settings: Settings, params: Params, day: dt.date) -> dict[str, Any]:
         "drift_share": round(share, 4), "drifted_features": sorted(c for c, v in features_drift.items() if v["drifted"]),
         "prediction_drift": prediction, "mean_prediction": round(float(current[PREDICTION].mean()), 4),
         "reference_mean_prediction": round(float(reference[PREDICTION].mean()), 4),
+        "unmeasured_features": drift["unmeasured"],
         "live": live, "breach": bool(reasons), "reasons": reasons, "columns": features_drift,
     }  # fmt: skip
     atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2))

@@ -232,7 +232,11 @@ def test_shadow_scores_in_background_without_changing_responses(served: Path) ->
 
 
 def test_prediction_log_is_what_monitor_reads(served: Path, run_cli: Any) -> None:
-    batch = flights(served, 300, "2013-01-31") + flights(served, 200, "2013-01-30")
+    # no gust reported in any request: a column without values is left out of drift, listed
+    batch = [
+        {**r, "wind_gust": None}
+        for r in flights(served, 300, "2013-01-31") + flights(served, 200, "2013-01-30")
+    ]
     with app_client("serve.shadow=true") as client:
         for start in range(0, len(batch), 50):
             assert client.post("/predict", json={"instances": batch[start : start + 50]}).status_code == 200
@@ -244,7 +248,8 @@ def test_prediction_log_is_what_monitor_reads(served: Path, run_cli: Any) -> Non
     assert code in (0, 99), err
     summary = json.loads((served / f"reports/monitor/{today}/summary.json").read_text())
     assert summary["traffic"] == "served" and summary["current_rows"] == len(batch)  # the champion's rows
-    assert summary["champion_version"] == "1"
+    assert summary["champion_version"] == "1" and summary["unmeasured_features"] == ["wind_gust"]
+    assert "wind_gust" not in summary["drifted_features"]
     served_mean = float(log[log["role"] == "champion"]["prediction"].mean())
     assert summary["mean_prediction"] == pytest.approx(served_mean, abs=1e-4)
     code, _, err = run_cli("monitor", "--date", today, "--set", "monitor.traffic=bogus")
