@@ -14,12 +14,14 @@
 #   mlflow server                    tracking + registry on Postgres, artifacts proxied to S3
 #   Airflow                          api-server, scheduler, dag-processor, triggerer, Celery worker,
 #                                    metadata on Postgres, CeleryExecutor (scripts/airflow.sh)
+#   mlops serve                      the champion behind the REST API (ready once a champion exists)
 #
 # Configuration (environment; defaults in brackets):
 #   MLOPS_PROFILE_DIR [.profile]  state: logs, pids, AIRFLOW_HOME, profile.env
 #   MLOPS_PROFILE_NAME [mlops]     prefix of the databases and the Celery queue
 #   MLOPS_PG [postgresql://postgres@127.0.0.1:5432]   MLOPS_REDIS [redis://127.0.0.1:6379/0]
-#   MLOPS_S3_PORT [9100]  MLOPS_MLFLOW_PORT [5500]  AIRFLOW_PORT [8280]  MLOPS_BUCKET [mlops]
+#   MLOPS_S3_PORT [9100]  MLOPS_MLFLOW_PORT [5500]  AIRFLOW_PORT [8280]  MLOPS_SERVE_PORT [8300]
+#   MLOPS_BUCKET [mlops]
 #   MLOPS_S3_URL / MLOPS_MLFLOW_URL  the URLs clients use, when something sits in between
 #   MLOPS_EXECUTION_MODE [local]     docker: every step a container (scripts/podman.sh env)
 #   MLOPS_PROJECT_DIR [this checkout] the workspace the steps run in
@@ -37,6 +39,7 @@ redis=${MLOPS_REDIS:-redis://127.0.0.1:6379/0}
 s3_port=${MLOPS_S3_PORT:-9100}
 mlflow_port=${MLOPS_MLFLOW_PORT:-5500}
 airflow_port=${AIRFLOW_PORT:-8280}
+serve_port=${MLOPS_SERVE_PORT:-8300}
 bucket=${MLOPS_BUCKET:-mlops}
 s3_url=${MLOPS_S3_URL:-http://127.0.0.1:$s3_port}
 mlflow_url=${MLOPS_MLFLOW_URL:-http://127.0.0.1:$mlflow_port}
@@ -115,6 +118,10 @@ PY
   alive airflow || launch airflow bash scripts/airflow.sh
 
   wait_http "$mlflow_url/health" 180 "the MLflow server" mlflow
+  # the serving API: polls the registry, ready once a champion exists
+  alive serve || launch serve mlops serve --host 127.0.0.1 --port "$serve_port" \
+    --set serve.poll_interval_s=${MLOPS_SERVE_POLL_S:-5.0}
+  wait_http "http://127.0.0.1:$serve_port/health" 120 "the serving API" serve
   wait_http "http://127.0.0.1:$airflow_port/api/v2/monitor/health" 300 "Airflow's api-server" airflow
   local deadline=$((SECONDS + 120))  # the Celery worker has joined the broker
   until grep -q " ready" "$state/airflow/logs/celery-worker.log" 2>/dev/null; do
@@ -129,6 +136,7 @@ scaled-out profile up ($state)
            log in: see $state/airflow/simple_auth_manager_passwords.json.generated
   MLflow   $mlflow_url   backend ${name}_mlflow on Postgres, artifacts s3://$bucket/mlflow
   S3       $s3_url   bucket $bucket (store: s3://$bucket/store, DVC remote: s3://$bucket/dvc)
+  serve    http://127.0.0.1:$serve_port   POST /predict, /ready, /metrics, /docs (the champion, hot reload)
   steps    ${MLOPS_EXECUTION_MODE:-local} mode in $MLOPS_PROJECT_DIR
   shell    source $state/profile.env   (then: mlops status)
   stop     scripts/profile.sh down
@@ -137,7 +145,7 @@ TXT
 
 down() {
   local what pid
-  for what in airflow mlflow s3; do
+  for what in serve airflow mlflow s3; do
     alive "$what" || { rm -f "$state/$what.pid"; continue; }
     pid=$(cat "$state/$what.pid")
     kill -TERM -- "-$pid" 2>/dev/null || true
@@ -150,7 +158,7 @@ down() {
 
 status() {
   local what
-  for what in s3 mlflow airflow; do
+  for what in s3 mlflow airflow serve; do
     if alive "$what"; then echo "$what: running (pid $(cat "$state/$what.pid"))"; else echo "$what: stopped"; fi
   done
 }

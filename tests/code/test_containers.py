@@ -62,6 +62,11 @@ def test_compose_topology(compose: dict) -> None:  # type: ignore[type-arg]
     command = " ".join(services["mlflow"]["command"])
     assert "--backend-store-uri=postgresql+psycopg2://" in command
     assert "--artifacts-destination=s3://" in command and "--serve-artifacts" in command
+    # the serving API: the step image, `mlops serve`, the MLflow server's registry
+    serve = services["serve"]
+    assert serve["image"] == services["step-image"]["image"] and serve["command"][0] == "serve"
+    assert serve["environment"]["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    assert "8000/health" in " ".join(serve["healthcheck"]["test"])
 
 
 def test_compose_publishes_on_loopback_only_and_holds_no_secret(compose: dict) -> None:  # type: ignore[type-arg]

@@ -68,7 +68,12 @@ class Profile:
         self.state = tmp / "profile"
         self.workspace = make_workspace(tmp / "ws")
         self.bucket = "mlops"
-        s3_port, mlflow_port, self.airflow_port = free_port(), free_port(), free_port()
+        s3_port, mlflow_port, self.airflow_port, self.serve_port = (
+            free_port(),
+            free_port(),
+            free_port(),
+            free_port(),
+        )
         self.s3 = FaultProxy(s3_port)  # clients reach S3 and MLflow through these
         self.mlflow = FaultProxy(mlflow_port)
         self.mlflow_direct = f"http://127.0.0.1:{mlflow_port}"
@@ -79,7 +84,8 @@ class Profile:
             "MLOPS_PROFILE_DIR": str(self.state), "MLOPS_PROFILE_NAME": self.name, "MLOPS_PG": PG,
             "MLOPS_REDIS": f"redis://{REDIS_HOST}:{REDIS_PORT}/0", "MLOPS_BUCKET": self.bucket,
             "MLOPS_S3_PORT": str(s3_port), "MLOPS_MLFLOW_PORT": str(mlflow_port),
-            "AIRFLOW_PORT": str(self.airflow_port), "MLOPS_S3_URL": self.s3.url,
+            "AIRFLOW_PORT": str(self.airflow_port), "MLOPS_SERVE_PORT": str(self.serve_port), "MLOPS_SERVE_POLL_S": "1.0",
+            "MLOPS_S3_URL": self.s3.url,
             "MLOPS_MLFLOW_URL": self.mlflow.url, "MLOPS_PROJECT_DIR": str(self.workspace),
             "MLOPS_EXECUTION_MODE": mode, "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
             "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
@@ -218,6 +224,43 @@ def test_celery_profile_nightly_retrain_s3_and_mlflow_faults(profile_factory: An
     client = p.registry()
     champion = client.get_model_version_by_alias(MODEL, "champion")
     assert champion.version == "1"
+
+    # the serving API of the profile picks the champion up from the server's registry and
+    # logs what it serves to the bucket
+    import datetime as dt
+    import urllib.request
+
+    import pandas as pd
+
+    from pipelines.features import build_features
+
+    rows = build_features(pd.read_parquet(p.workspace / "data/validated/2013-01-28.parquet")).head(20)
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{p.serve_port}/predict", data=json.dumps({"instances": json.loads(
+            rows.to_json(orient="records"))}).encode(), headers={"Content-Type": "application/json"},
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while True:
+        with urllib.request.urlopen(f"http://127.0.0.1:{p.serve_port}/ready") as ready_check:
+            if ready_check.status == 200:
+                break
+        assert time.monotonic() < deadline, "the serving API did not load the champion"
+        time.sleep(1)
+    with urllib.request.urlopen(request) as answer:
+        served = json.loads(answer.read())
+    assert served["model_version"] == "1" and len(served["predictions"]) == 20
+    today = dt.datetime.now(dt.UTC).date().isoformat()
+    deadline = time.monotonic() + 60
+    while not p.keys(f"store/predictions/served/{today}/"):
+        assert time.monotonic() < deadline, "the prediction log never reached the bucket"
+        time.sleep(1)
+    # monitor on another host (no local copy of the log) reads the served traffic from S3
+    shutil.rmtree(p.workspace / "data/predictions/served")
+    monitored = p.mlops("monitor", "--date", today, "--set", "monitor.traffic=served")
+    assert monitored.returncode == 0, monitored.stderr[-3000:]
+    summary = json.loads(s3_client(p.s3_direct).get_object(
+        Bucket=p.bucket, Key=f"store/reports/monitor/{today}/summary.json")["Body"].read())  # fmt: skip
+    assert summary["traffic"] == "served" and summary["current_rows"] == 20
 
     # 2. nightly for three more days (queued together; one run at a time)
     days = ["2013-01-29", "2013-01-30", "2013-01-31"]
