@@ -486,13 +486,8 @@ class Server:
         for alias, target in wanted.items():
             current = self.champion if alias == CHAMPION else self.challenger
             version = target.version if target else None
-            if (
-                alias == CHALLENGER
-                and version is not None
-                and self.champion
-                and version == self.champion.version
-            ):
-                version = None  # the challenger was promoted: nothing to shadow
+            if alias == CHALLENGER and (self.champion is None or version == self.champion.version):
+                version = None  # nothing to shadow: no champion yet, or the challenger was promoted
             if (current.version if current else None) == version:
                 continue
             try:

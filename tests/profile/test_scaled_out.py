@@ -228,6 +228,7 @@ def test_celery_profile_nightly_retrain_s3_and_mlflow_faults(profile_factory: An
     # the serving API of the profile picks the champion up from the server's registry and
     # logs what it serves to the bucket
     import datetime as dt
+    import urllib.error
     import urllib.request
 
     import pandas as pd
@@ -241,9 +242,12 @@ def test_celery_profile_nightly_retrain_s3_and_mlflow_faults(profile_factory: An
     )  # fmt: skip
     deadline = time.monotonic() + 60
     while True:
-        with urllib.request.urlopen(f"http://127.0.0.1:{p.serve_port}/ready") as ready_check:
-            if ready_check.status == 200:
-                break
+        try:  # 503 until the poller has loaded the champion
+            with urllib.request.urlopen(f"http://127.0.0.1:{p.serve_port}/ready") as ready_check:
+                if ready_check.status == 200:
+                    break
+        except urllib.error.HTTPError as exc:
+            assert exc.code == 503, exc
         assert time.monotonic() < deadline, "the serving API did not load the champion"
         time.sleep(1)
     with urllib.request.urlopen(request) as answer:

@@ -176,6 +176,31 @@ def test_direct_path_gives_the_pipelines_answers(served: Path) -> None:
     assert np.array_equal(loaded.fast(frame), loaded.model.predict_proba(frame)[:, 1])
 
 
+def test_not_ready_until_a_champion_exists(served: Path) -> None:
+    """Started before any promotion: alive, not ready, 503 on predict, nothing shadowed;
+    ready as soon as the poller sees a champion."""
+    from mlflow import MlflowClient
+
+    from pipelines.config import Settings
+
+    registry = MlflowClient(tracking_uri=Settings().mlflow_uri, registry_uri=Settings().mlflow_uri)
+    registry.delete_registered_model_alias(MODEL, "champion")
+    payload = {"instances": flights(served, 1)}
+    with app_client() as client:
+        assert client.get("/health").status_code == 200
+        ready = client.get("/ready")
+        assert ready.status_code == 503 and ready.json()["reason"] == "no champion loaded yet"
+        assert client.post("/predict", json=payload).status_code == 503
+        registry.set_registered_model_alias(MODEL, "champion", "1")
+        deadline = time.monotonic() + 30
+        while client.get("/ready").status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        assert client.get("/ready").json() == {"ready": True, "model": MODEL, "version": "1", "shadow": "2"}
+        assert client.post("/predict", json=payload).json()["model_version"] == "1"
+        assert 'outcome="unavailable"} 1.0' in client.get("/metrics").text
+
+
 def test_api_key_guards_predict_only(served: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MLOPS_SERVE_API_KEY", "s3cret-key")
     payload = {"instances": flights(served, 2)}
