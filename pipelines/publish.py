@@ -7,6 +7,7 @@ scaled-out profile) the keys are::
     reports/validation/<day>.json        its validation summary
     quarantine/<day>/...                 a rejected batch, its report.json and GX data docs
     predictions/<day>.parquet            the prediction log of a scored day
+    predictions/served/<day>/<file>      the serving API's prediction log (pipelines/serving.py)
     reports/monitor/<day>/...            drift report (HTML) and summary.json
     reports/gate/<run id>/...            gate report (JSON + Markdown), train and window summaries
 

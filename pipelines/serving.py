@@ -42,7 +42,7 @@ import tempfile
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +53,7 @@ from pipelines.registry import CHALLENGER, CHAMPION, Registry
 
 log = logging.getLogger(__name__)
 
-ROLE_CHAMPION, ROLE_SHADOW = "champion", "shadow"
+ROLE_CHAMPION, ROLE_SHADOW = CHAMPION, "shadow"  # the prediction log's `role` (monitor keeps the champion's)
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 1.0)
 
 
@@ -69,7 +69,6 @@ class Loaded:
     numeric: list[str]
     request_model: Any  # a pydantic model: {"instances": [Flight, ...]}
     fast: Any = None  # the same computation without joblib's dispatch (see direct_predictor)
-    loaded_at: float = field(default_factory=time.time)
 
     def frame(self, records: list[dict[str, Any]]) -> Any:
         """The model's input frame, built column by column (None -> NaN in number columns)."""
@@ -232,8 +231,7 @@ def load_version(registry: Registry, version: str, max_instances: int) -> Loaded
         import numpy as np
 
         if example is not None:
-            records = example.to_dict(orient="records")
-            frame = loaded.frame([{c: (None if v != v else v) for c, v in r.items()} for r in records])
+            frame = loaded.frame(example.to_dict(orient="records"))
             if np.allclose(fast(frame), model.predict_proba(frame)[:, 1], rtol=0, atol=1e-12):
                 loaded.fast = fast
             else:
@@ -358,7 +356,8 @@ class PredictionLog:
     """Predictions buffered in memory and written in batches, in monitor's columns."""
 
     def __init__(self, settings: Settings, layout: Layout, metrics: Metrics, flush_rows: int) -> None:
-        self.settings, self.layout, self.metrics = settings, layout, metrics
+        self.layout, self.metrics = layout, metrics
+        self.store = settings.store()  # one client for the life of the server, not one per flush
         self.flush_rows = flush_rows
         self.max_pending = flush_rows * 20  # bounded when the store is down for long
         self._pending: collections.deque[tuple[Any, Any, str, str, str, str]] = collections.deque()
@@ -415,7 +414,6 @@ class PredictionLog:
         import numpy as np
         import pandas as pd
 
-        from pipelines.publish import publish_files
         from pipelines.storage import atomic_write_parquet
 
         # one frame from all the records at once (per-request frames would cost a concat)
@@ -434,7 +432,8 @@ class PredictionLog:
         staged = out.with_name(f".{name}.staged")
         atomic_write_parquet(staged, rows)
         try:  # the local file appears only once the store has it
-            publish_files(self.settings, [(f"predictions/served/{day}/{name}", staged)])
+            if self.store is not None:
+                self.store.put_file(f"predictions/served/{day}/{name}", staged)
             os.replace(staged, out)
         finally:
             staged.unlink(missing_ok=True)
@@ -446,7 +445,6 @@ class Server:
     """The loaded champion (and shadow challenger), the reload and flush threads."""
 
     def __init__(self, settings: Settings, params: Params) -> None:
-        self.settings, self.params = settings, params
         serve = params.section("serve")
         self.poll_interval = float(serve["poll_interval_s"])
         self.shadow_enabled = bool(serve["shadow"])
@@ -558,8 +556,6 @@ class Server:
         _one_thread()  # the event loop's thread runs the champion
         # what the first flush would import (tens of ms holding the GIL) is imported now
         import pyarrow.parquet  # noqa: F401
-
-        import pipelines.publish  # noqa: F401
 
         self.batcher = Batcher(self.batch_rows, self.metrics)
         self.batcher.start()

@@ -50,6 +50,12 @@ def reference_sample(settings: Settings, registry: Registry, run_id: str, versio
     return pd.read_parquet(cached)
 
 
+def _logged_features(frame: Any) -> Any:
+    """A prediction log's features + prediction, under the model's column names."""
+    logged = frame[[*(f"f_{c}" for c in schema.FEATURES), PREDICTION]]
+    return logged.rename(columns={f"f_{c}": c for c in schema.FEATURES})
+
+
 def current_window(layout: Layout, day: dt.date, days: int, settings: Settings | None = None) -> Any:
     """Scored flights of the validated days in (day - days, day], features + prediction
     (prediction logs not on this host are read from the store)."""
@@ -60,9 +66,7 @@ def current_window(layout: Layout, day: dt.date, days: int, settings: Settings |
         d = day - dt.timedelta(days=offset)
         path = layout.predictions_file(d)
         if path.exists() or (settings and fetch_missing(settings, f"predictions/{d}.parquet", path)):
-            frame = pd.read_parquet(path)
-            logged = frame[[*(f"f_{c}" for c in schema.FEATURES), PREDICTION]]
-            frames.append(logged.rename(columns={f"f_{c}": c for c in schema.FEATURES}))
+            frames.append(_logged_features(pd.read_parquet(path)))
     if not frames:
         raise StepError(
             f"batch {day}: no scored flights in the {days} day(s) up to it (run `mlops score` first)"
@@ -85,9 +89,7 @@ def served_window(layout: Layout, day: dt.date, days: int, settings: Settings | 
                 fetch_missing(settings, key, folder / key.rsplit("/", 1)[-1])  # type: ignore[arg-type]
         for path in sorted(folder.glob("*.parquet")) if folder.is_dir() else []:
             frame = pd.read_parquet(path)
-            frame = frame[frame["role"] == "champion"]
-            logged = frame[[*(f"f_{c}" for c in schema.FEATURES), PREDICTION]]
-            frames.append(logged.rename(columns={f"f_{c}": c for c in schema.FEATURES}))
+            frames.append(_logged_features(frame[frame["role"] == CHAMPION]))  # not the shadow's rows
     if not frames:
         raise StepError(f"batch {day}: the serving API logged no predictions in the {days} day(s) up to it")
     return pd.concat(frames, ignore_index=True)
