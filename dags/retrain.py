@@ -10,7 +10,7 @@ from airflow.timetables.trigger import CronTriggerTimetable
 
 if os.path.dirname(os.path.abspath(__file__)) not in sys.path:  # the factory beside this file
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from step_operator import DAG_KWARGS, schedule_from_env, step_result, step_task
+from step_operator import DAG_KWARGS, RETRAIN_RUN, schedule_from_env, step_result, step_task
 
 DRIFT = Asset(name="flight_delay_drift", uri="mlops://flight-delay/drift")
 SAFETY_NET = schedule_from_env("MLOPS_RETRAIN_CRON", "0 4 * * 0")  # weekly even without drift
@@ -22,10 +22,14 @@ Runs when `nightly` emits the `flight_delay_drift` Asset event, every Sunday at 
 a safety net (`MLOPS_RETRAIN_CRON`; `none` = on drift and by hand only), and by hand with the
 form below. Empty fields keep the `params.yaml` value.
 
-- `retrain` runs `dvc repro` under the workspace lock (a nightly ingest waits), with this
-  run's Params written to params.yaml for the run only; `dvc.lock` records them, MLflow too.
-- `promote` consumes the gate report: exit 0 = promoted; exit 99 = refused, the task is
-  *skipped* and the champion is unchanged. `announce` then reports the new champion.
+- `retrain` runs `dvc repro` under the workspace lock (a nightly ingest waits). With Params,
+  it runs in a private copy of the workspace whose params.yaml has them: the project's
+  params.yaml is never edited (a killed run leaves it untouched); MLflow records them.
+- `promote` consumes the gate report of that run (its MLflow `gate/` artifacts): exit 0 =
+  promoted (or already the champion); exit 99 = refused, the task is *skipped* and the
+  champion is unchanged. The candidate must load and predict in a fresh process first, the
+  move is a compare-and-set under the registry lock, and it is recorded in the audit log
+  with the user who triggered this run. `announce` then reports the new champion.
 - At most one run at a time (`max_active_runs=1`).
 """
 
@@ -82,7 +86,7 @@ form below. Empty fields keep the `params.yaml` value.
 )
 def retrain() -> None:
     retrain_step = step_task("retrain")
-    promote = step_task("promote")
+    promote = step_task("promote", "--run", RETRAIN_RUN)
 
     @task
     def announce(ti=None):  # type: ignore[no-untyped-def]

@@ -14,9 +14,14 @@ from step_operator import DAG_KWARGS, DEFAULT_ARGS, step_task
 DOC = """
 ### rollback: move the `champion` alias back, with a reason
 
-`to`: `previous` (the champion before the current one) or a version number. The reason is
-required and recorded with who and when (registry tags + audit trail). See
-docs/runbooks/rollback.md.
+- **Champion you are replacing** (required): the current champion's version, as `mlops status`
+  (or the registry page in MLflow) shows it. If the champion moved since you looked (a
+  promotion landed), the rollback is refused (exit 3) instead of removing the wrong model.
+- **Roll back to**: `previous` (the champion before it) or a version number.
+- **Reason** (required): recorded in the audit log with your Airflow user.
+
+The target must load and predict first. The rolled-back model (and any identical rebuild) is
+then refused by the gate until a forced promotion with a reason. See docs/runbooks/rollback.md.
 """
 
 
@@ -27,6 +32,12 @@ docs/runbooks/rollback.md.
     tags=["mlops", "registry"],
     doc_md=DOC,
     params={
+        "expected_champion": Param(
+            type="string",
+            pattern=r"^[0-9]+$",
+            title="Champion you are replacing",
+            description="The current champion's version as `mlops status` shows it; refused if it moved.",
+        ),
         "rollback_to": Param(
             "previous",
             type="string",

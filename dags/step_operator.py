@@ -40,12 +40,23 @@ PASSTHROUGH = (
     "AWS_REGION", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "MLOPS_S3_ENDPOINT_URL",
     "MLFLOW_S3_ENDPOINT_URL", "MLOPS_STORE_URI", "MLOPS_DVC_REMOTE", "MLOPS_S3_MAX_ATTEMPTS",
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "MLFLOW_HTTP_REQUEST_TIMEOUT",
+    "MLOPS_LOCK_URI", "MLOPS_AUDIT_URI", "MLOPS_REGISTRY_TIMEOUT_S", "MLOPS_LOCK_TIMEOUT_S",
+    "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
 )  # fmt: skip
 
 # The batch date of a run: the `date` Param when given, else the run's logical date
 # (or, for manual runs without one, when it was triggered) mapped onto 2013.
 BATCH_DATE = "{{ batch_date(dag_run, params) }}"
 OVERRIDES = "{{ overrides_json(params) }}"
+# The MLflow run a task of the same DAG run produced (e.g. the retrain whose gate promote consumes)
+RETRAIN_RUN = "{{ step_result(ti.xcom_pull(task_ids='retrain')).get('run_id', '') }}"
+# Who acts: the user who triggered the run (Airflow authenticated them), or the kind of run
+# (scheduled, asset_triggered, backfill) when nobody did. Recorded in the registry's audit log.
+ACTOR_ENV = {
+    "MLOPS_ACTOR": "{{ dag_run.triggering_user_name or '' }}",
+    "MLOPS_ACTOR_SOURCE": "airflow",
+    "MLOPS_RUN_TYPE": "{{ dag_run.run_type }}",
+}
 
 
 def batch_date(dag_run: Any, params: dict[str, Any] | None = None) -> str:
@@ -66,6 +77,17 @@ def batch_date(dag_run: Any, params: dict[str, Any] | None = None) -> str:
     return dt.date(REPLAY_YEAR, when.month, day).isoformat()
 
 
+def step_result(raw: Any) -> dict[str, Any]:
+    """A step's XCom (JSON text in local/docker mode, already parsed in kubernetes mode)."""
+    if isinstance(raw, dict):
+        return raw
+    if isinstance(raw, bytes):
+        raw = raw.decode()
+    if not raw:
+        return {}
+    return dict(json.loads(str(raw).strip().splitlines()[-1]))
+
+
 # Manual-trigger Params -> `section.key` of params.yaml. A Param left empty (None / "")
 # keeps the params.yaml value.
 PARAM_KEYS = {
@@ -74,6 +96,7 @@ PARAM_KEYS = {
     "max_leaf_nodes": "train.max_leaf_nodes", "min_roc_auc": "evaluate.min_roc_auc",
     "max_auc_drop": "evaluate.max_auc_drop", "force_promote": "promote.force",
     "reason": "promote.reason", "rollback_to": "rollback.to", "rollback_reason": "rollback.reason",
+    "expected_champion": "rollback.expect",
 }  # fmt: skip
 
 
@@ -111,7 +134,11 @@ DEFAULT_ARGS: dict[str, Any] = {
     "max_retry_delay": dt.timedelta(minutes=10),
     "on_failure_callback": alert_on_failure,
 }
-MACROS = {"batch_date": batch_date, "overrides_json": overrides_json}
+MACROS = {
+    "batch_date": batch_date,
+    "overrides_json": overrides_json,
+    "step_result": lambda raw: step_result(raw),
+}
 # what every DAG of the project shares: replayed 2013 calendar, no catch-up storms, one run
 # at a time (runs of one DAG touch the same day's files and the same DVC workspace)
 DAG_KWARGS: dict[str, Any] = {
@@ -141,7 +168,7 @@ def step_task(
 ) -> Any:
     """An Airflow task that runs ``mlops <step> <args>``; ``args`` may be Jinja templates."""
     mode = mode or execution_mode()
-    env = {"MLOPS_SET": OVERRIDES, "MLOPS_RUN": "{{ dag_run.dag_id }}/{{ dag_run.run_id }}"}
+    env = {"MLOPS_SET": OVERRIDES, "MLOPS_RUN": "{{ dag_run.dag_id }}/{{ dag_run.run_id }}", **ACTOR_ENV}
     task_id = task_id or step
     if mode == "local":
         from airflow.providers.standard.operators.bash import BashOperator
@@ -201,14 +228,3 @@ def step_task(
         pod_template_file=os.environ.get("MLOPS_K8S_POD_TEMPLATE") or None,  # docker/kubernetes/
         on_finish_action="delete_pod", skip_on_exit_code=EXIT_SKIPPED, **kwargs,
     )  # fmt: skip
-
-
-def step_result(raw: Any) -> dict[str, Any]:
-    """A step's XCom (JSON text in local/docker mode, already parsed in kubernetes mode)."""
-    if isinstance(raw, dict):
-        return raw
-    if isinstance(raw, bytes):
-        raw = raw.decode()
-    if not raw:
-        return {}
-    return dict(json.loads(str(raw).strip().splitlines()[-1]))

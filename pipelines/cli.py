@@ -59,9 +59,18 @@ def _build_parser() -> argparse.ArgumentParser:
     pr = step("promote", "register the model as challenger; move champion if the gate blessed it")
     pr.add_argument("--force", action="store_true", help="promote even if refused (needs --reason)")
     pr.add_argument("--reason", help="why (recorded in the audit trail)")
+    pr.add_argument("--run", dest="run_id", help="promote this MLflow run's evaluated model (its gate/ artifacts) "
+                    "instead of the workspace's reports/")  # fmt: skip
     rb = step("rollback", "move champion back to the previous (or a given) version, audited")
+    rb.add_argument("--expect", help="the champion you are replacing, as `mlops status` shows it (required)")
     rb.add_argument("--to", dest="target", help="'previous' (default) or a version number")
     rb.add_argument("--reason", help="why (required; recorded in the audit trail)")
+    au = step("audit", "the registry's audit log: verify it (chain, MLflow mirror, alias) or list it")
+    au.add_argument(
+        "action", choices=["verify", "log"], help="verify: exit 1 on any problem; log: the records"
+    )
+    au.add_argument("--json", action="store_true", help="machine-readable output")
+    au.add_argument("--last", type=int, default=0, help="log: only the last N records")
     sv = step("serve", "the champion behind a REST API (predict, health, ready, metrics), hot reload")
     sv.add_argument("--host", default=os.environ.get("MLOPS_SERVE_HOST", "127.0.0.1"))
     sv.add_argument("--port", type=int, default=int(os.environ.get("MLOPS_SERVE_PORT", "8000")))
@@ -90,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipelines.config import ConfigError, Settings, load_params
     from pipelines.errors import Skipped, StepError
 
+    settings = None
     try:
         settings = Settings()
         overrides = list(args.overrides)
@@ -104,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.step == "rollback":
             if args.target is not None:
                 overrides.append(f"rollback.to={args.target}")
+            if args.expect is not None:
+                overrides.append(f"rollback.expect={json.dumps(str(args.expect))}")
             if args.reason is not None:
                 overrides.append(f"rollback.reason={json.dumps(args.reason)}")
         params = load_params(settings, overrides)
@@ -119,16 +131,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mlops {args.step}: failed: {exc}", file=sys.stderr)
         return exc.exit_code
     except Exception as exc:
-        from pipelines.errors import describe_service_error
+        from pipelines.tracking import describe_tracking_error
 
-        line = describe_service_error(exc)
+        line = describe_tracking_error(settings, exc)
         if line is None:
             raise
         print(f"mlops {args.step}: failed: {line}", file=sys.stderr)
         return 1
     if isinstance(result, int):
         return result
-    if result is not None and args.step != "status":
+    if result is not None and args.step not in ("status", "audit"):
         line = json.dumps(_jsonable(result), default=str)
         print(line)  # the last stdout line: Airflow's Bash/Docker operators push it to XCom
         xcom_file = os.environ.get("MLOPS_XCOM_FILE")  # KubernetesPodOperator's XCom sidecar
@@ -207,7 +219,7 @@ def _run_evaluate(settings: Any, params: Any, args: argparse.Namespace) -> Any:
 def _run_promote(settings: Any, params: Any, args: argparse.Namespace) -> Any:
     from pipelines.steps.promote import promote_if_blessed
 
-    return promote_if_blessed(settings, params)
+    return promote_if_blessed(settings, params, args.run_id)
 
 
 def _run_rollback(settings: Any, params: Any, args: argparse.Namespace) -> Any:
@@ -222,6 +234,14 @@ def _run_status(settings: Any, params: Any, args: argparse.Namespace) -> Any:
     state = collect_status(settings, params)
     print(json.dumps(state, indent=2, default=str) if args.json else render_status(state))
     return 0
+
+
+def _run_audit(settings: Any, params: Any, args: argparse.Namespace) -> Any:
+    from pipelines.steps.audit import audit_log, audit_verify
+
+    if args.action == "verify":
+        return audit_verify(settings, params, args.json)
+    return audit_log(settings, params, args.last, args.json)
 
 
 def _run_serve(settings: Any, params: Any, args: argparse.Namespace) -> Any:
@@ -242,6 +262,7 @@ _RUNNERS: dict[str, Callable[[Any, Any, argparse.Namespace], Any]] = {
     "promote": _run_promote,
     "rollback": _run_rollback,
     "status": _run_status,
+    "audit": _run_audit,
     "serve": _run_serve,
 }
 

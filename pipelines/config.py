@@ -34,32 +34,60 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MLOPS_", extra="ignore")
 
     project_dir: Path = Field(default_factory=Path.cwd)
+    # Where the state shared by every run of this project lives: the embedded tracking store
+    # (mlflow.db, mlartifacts/), .mlops/ (locks, audit log, caches). "" = project_dir. A retrain
+    # with overrides runs its DVC stages in a private copy (project_dir) of this home.
+    home: Path | None = None
     params_file: str = "params.yaml"
-    tracking_uri: str = ""  # falls back to MLFLOW_TRACKING_URI, then SQLite in project_dir
+    tracking_uri: str = ""  # falls back to MLFLOW_TRACKING_URI, then SQLite in the home
     experiment: str = "flight-delay"
-    actor: str = ""  # who acts on the registry; defaults to $USER
+    actor: str = ""  # who acts; set by the Airflow step operator to the user who triggered the run
     # Where other hosts read what a step produced (validated and quarantined batches,
     # reports, prediction logs): s3://bucket/prefix or file:///path; "" = this folder only.
     store_uri: str = ""
     # The DVC remote data versions are pushed to (s3://bucket/prefix); "" = the repo's own
     # default remote (`dvc remote add -d`), if any. Written to .dvc/config.local, not the repo.
     dvc_remote: str = ""
+    # The lock every host takes to move the champion: postgresql://... (scaled out) or
+    # file:///dir (one host). "" = a file lock beside a SQLite registry.
+    lock_uri: str = ""
+    # The append-only audit log of the registry: s3://... or file:///... "" = <store>/audit,
+    # or beside a SQLite registry.
+    audit_uri: str = ""
+    # An unreachable tracking server fails a command within about this many seconds.
+    registry_timeout_s: float = Field(default=30.0, gt=0, le=3600)
 
     @property
     def root(self) -> Path:
         return self.project_dir.resolve()
 
+    @property
+    def home_dir(self) -> Path:
+        return (self.home or self.project_dir).resolve()
+
     def path(self, *parts: str) -> Path:
         return self.root.joinpath(*parts)
+
+    def home_path(self, *parts: str) -> Path:
+        return self.home_dir.joinpath(*parts)
 
     @property
     def mlflow_uri(self) -> str:
         explicit = self.tracking_uri or _USER_TRACKING_URI
-        return explicit or f"sqlite:///{self.path('mlflow.db')}"
+        return explicit or f"sqlite:///{self.home_path('mlflow.db')}"
 
     @property
     def artifact_root(self) -> str:
-        return self.path("mlartifacts").as_uri()
+        return self.home_path("mlartifacts").as_uri()
+
+    @property
+    def registry_dir(self) -> Path | None:
+        """The folder of a SQLite registry (its lock and audit log live beside it); None
+        for a tracking server."""
+        uri = self.mlflow_uri
+        if uri.startswith("sqlite:///"):
+            return Path(uri.removeprefix("sqlite:///")).resolve().parent
+        return None
 
     def store(self) -> ObjectStore | None:
         """The publishing store, or None on the embedded default."""
@@ -69,13 +97,29 @@ class Settings(BaseSettings):
 
     @property
     def who(self) -> str:
+        return str(self.actor_record()["name"])
+
+    def actor_record(self) -> dict[str, Any]:
+        """Who acts, and how we know: an Airflow run passes the user who triggered it (the
+        step operator sets MLOPS_ACTOR from the run and MLOPS_ACTOR_SOURCE=airflow); a CLI
+        user is the environment's, marked as not authenticated by the pipeline."""
         import getpass
 
+        source = os.environ.get("MLOPS_ACTOR_SOURCE", "")
+        run = os.environ.get("MLOPS_RUN") or None
+        if source == "airflow":
+            if self.actor:
+                return {"name": self.actor, "source": "airflow", "authenticated": True, "run": run}
+            kind = os.environ.get("MLOPS_RUN_TYPE") or "scheduled"
+            return {"name": f"airflow:{kind}", "source": "airflow", "authenticated": True, "run": run}
         try:
-            fallback = getpass.getuser()
+            user = getpass.getuser()
         except (KeyError, OSError):
-            fallback = "unknown"
-        return self.actor or fallback
+            user = "unknown"
+        if self.actor:
+            return {"name": self.actor, "source": f"cli (MLOPS_ACTOR; OS user {user})",
+                    "authenticated": False, "run": run}  # fmt: skip
+        return {"name": user, "source": "cli (OS user)", "authenticated": False, "run": run}
 
 
 class ConfigError(ValueError):

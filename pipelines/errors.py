@@ -34,6 +34,10 @@ def describe_service_error(exc: BaseException) -> str | None:
     text = str(exc)
     if not type(exc).__module__.startswith("mlflow") and "requests" not in type(exc).__module__:
         return None
+    if getattr(exc, "error_code", "") in ("UNAUTHENTICATED", "PERMISSION_DENIED"):
+        server = os.environ.get("MLFLOW_TRACKING_URI") or "the MLflow tracking server"
+        return (f"{server} refused the credentials ({exc.error_code}): set MLFLOW_TRACKING_USERNAME and "  # type: ignore[attr-defined]
+                "MLFLOW_TRACKING_PASSWORD to a user allowed to do this")  # fmt: skip
     match = re.search(r"API request to (https?://[^/\s]+)\S* failed with (exception|error code) (\S+)", text)
     if not match:
         return None

@@ -16,7 +16,7 @@ _OPS = {">=": operator.ge, "<=": operator.le}
 @dataclass
 class Check:
     name: str
-    kind: str  # floor | champion | slice
+    kind: str  # floor | champion | slice | history
     value: float | None
     threshold: float | None
     op: str
@@ -33,6 +33,11 @@ class Check:
     @classmethod
     def skipped(cls, name: str, kind: str, detail: str) -> Check:
         return cls(name, kind, None, None, "", "skipped", detail)
+
+    @classmethod
+    def holds(cls, name: str, kind: str, ok: bool, detail: str) -> Check:
+        """A yes/no check with no number (e.g. "not a rolled-back model")."""
+        return cls(name, kind, None, None, "", "pass" if ok else "fail", detail)
 
 
 @dataclass
@@ -74,7 +79,12 @@ class GateReport:
         if self.blessed:
             return (f"gate: blessed (run {self.run_id[:8]}, holdout roc_auc "
                     f"{self.challenger['roc_auc']:.4f}, {len(self.checks)} checks, against {against})")  # fmt: skip
-        reasons = "; ".join(f"{c.name} {c.value} {c.op} {c.threshold} failed" for c in self.failed[:5])
+        reasons = "; ".join(
+            f"{c.name} {c.value} {c.op} {c.threshold} failed"
+            if c.value is not None
+            else f"{c.name} failed: {c.detail}"
+            for c in self.failed[:5]
+        )
         return f"gate: refused (run {self.run_id[:8]}, against {against}): {reasons}"
 
     def to_markdown(self) -> str:

@@ -19,6 +19,11 @@ class Layout:
         return cls(settings.root, validated_dir)
 
     @property
+    def staging(self) -> Path:
+        """Temporary files of writes into DVC-tracked folders (same filesystem, outside them)."""
+        return self.root / ".mlops" / "staging"
+
+    @property
     def incoming(self) -> Path:
         return self.root / "data" / "incoming"
 

@@ -1,35 +1,65 @@
-"""Registry seam: one registered model in MLflow, moved by aliases (never stages).
+"""Registry seam: one registered model in MLflow, moved by aliases (never stages), and the
+promotion protocol that keeps its guarantees.
 
-- ``challenger``: the newest registered version.
-- ``champion``: the version in production. It moves only by compare-and-set under a lock
-  (:meth:`Registry.move_champion`): the caller says which champion it evaluated against,
-  and the move is refused if the alias has moved since. Two runs can never both promote.
-- Every move is audited. MLflow keeps no alias history, so the trail is ours: the promoted
-  version carries who/when/why, the gate report and the champion it replaced
-  (``mlops.previous_champion``, which makes rollback one command), and each event is also
-  a registered-model tag ``audit.<UTC time>`` holding a JSON record.
+Aliases: ``challenger`` is the newest registered version; ``champion`` is the version in
+production, and it moves only through :meth:`Registry.move`.
+
+The protocol (docs/how-it-works.md, "The promotion protocol"):
+
+- **I1** ``champion`` only points at a version that a gate blessed or a person forced with a
+  reason (promote), or that a person chose with a reason (rollback), and that loaded and
+  predicted in a fresh process before the move (:mod:`pipelines.infra`).
+- **I2** Every alias move has exactly one complete audit record (:mod:`pipelines.audit`). The
+  record is written *before* the alias moves; the alias, the version tags and the MLflow
+  mirror follow. A crash leaves either nothing (before the record) or a recorded move whose
+  effects the next mover completes (:meth:`Registry.recover`): nothing is half-done for
+  longer than until the next promote or rollback, and nothing is recorded twice. The
+  mirror is written last, so a move whose record is mirrored is complete: if the alias is
+  later found back where that move started, a person moved it (recorded as ``external``),
+  and it is not "completed" again.
+- **I3** Two movers, on one host or many, never both succeed: each holds the registry lock
+  (a Postgres advisory lock when scaled out, a file lock on one host) around compare-and-set
+  (the champion must still be the one the caller expects) and the audit append, which is
+  itself a conditional create. The loser gets :class:`RegistryConflict` (exit 3) and its
+  refusal is recorded.
+- **I4** Re-running a finished move is a no-op that exits 0: the champion is already the
+  target and the last move record is this very move (the same action, from the expected
+  champion to the target; an alias someone moved by hand to the same place is not it).
+
+An alias moved outside mlops (the MLflow UI, a script) is found by the next mover, which
+records it as an ``external`` move before doing anything else; ``mlops audit verify``
+reports it the moment it happens.
+
+Reads distinguish "absent" from "unreachable": a model or alias that does not exist is None;
+a registry that does not answer raises :class:`RegistryUnavailable` (one line, in bounded time).
 """
 
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
-import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipelines.config import Settings
+from pipelines import faults
+from pipelines.audit import MOVES, AuditLog, audited_champion, last_move, mirror_key, mirror_value
+from pipelines.config import ConfigError, Settings
 from pipelines.errors import RegistryConflict, StepError
-from pipelines.tracking import connect
-from pipelines.versioning import file_lock
+from pipelines.locks import HeldLock, file_lock, lock_timeout, named_lock
+from pipelines.storage import LocalStore, ObjectStore, open_store
+from pipelines.tracking import connect, describe_tracking_error
 
 log = logging.getLogger(__name__)
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 PREVIOUS_TAG = "mlops.previous_champion"
+REGISTRY_LOCK_TIMEOUT_S = 120.0
+
+
+class RegistryUnavailable(StepError):
+    """The registry did not answer (or answered with an error); never read as "empty"."""
 
 
 @dataclass
@@ -41,137 +71,328 @@ class Version:
     tags: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass
+class Move:
+    """A requested move of ``champion`` from ``expected`` to ``target``."""
+
+    action: str  # promote | rollback
+    target: str
+    expected: str | None
+    reason: str
+    forced: bool = False
+    details: dict[str, Any] = field(default_factory=dict)  # gate, infra check, fingerprints
+
+
+@dataclass
+class MoveOutcome:
+    changed: bool
+    record: dict[str, Any]
+
+
+class _Absent(Exception):
+    pass
+
+
+def audit_store(settings: Settings) -> ObjectStore:
+    """Where the audit log lives: MLOPS_AUDIT_URI, else <store>/audit, else beside a SQLite
+    registry. A tracking server with neither is a configuration error: every host must
+    append to the same log."""
+    if settings.audit_uri:
+        return open_store(settings.audit_uri)
+    if settings.store_uri:
+        return open_store(settings.store_uri.rstrip("/") + "/audit")
+    folder = settings.registry_dir
+    if folder is not None:
+        return LocalStore(folder / ".mlops" / "audit")
+    raise ConfigError(
+        f"the registry at {settings.mlflow_uri} is shared by every host: set MLOPS_AUDIT_URI "
+        "(or MLOPS_STORE_URI) to a store they all reach, for the audit log"
+    )
+
+
 class Registry:
     def __init__(self, settings: Settings, model_name: str) -> None:
         self.settings = settings
         self.name = model_name
         self.client = connect(settings)
+        self._audit: AuditLog | None = None
 
-    # -- reading -------------------------------------------------------------------------
-    def get(self, version: str | int) -> Version | None:
+    # -- calls, with outages told apart from absence ------------------------------------------
+    def _call(
+        self, what: str, fn: Callable[..., Any], *args: Any, absent: bool = False, **kwargs: Any
+    ) -> Any:
         from mlflow.exceptions import MlflowException
 
         try:
-            mv = self.client.get_model_version(self.name, str(version))
-        except MlflowException:
+            return fn(*args, **kwargs)
+        except MlflowException as exc:
+            if absent and exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+                raise _Absent from None
+            line = describe_tracking_error(self.settings, exc)
+            if line is not None:
+                raise RegistryUnavailable(line) from None
+            first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else exc.error_code
+            raise RegistryUnavailable(
+                f"the MLflow registry at {self.settings.mlflow_uri} refused to {what}: {first}"
+            ) from None
+        except OSError as exc:  # requests' connection errors, a missing SQLite folder
+            raise RegistryUnavailable(f"the MLflow registry at {self.settings.mlflow_uri} is unreachable "
+                                      f"({type(exc).__name__}: {str(exc)[:200]})") from None  # fmt: skip
+
+    # -- reading -------------------------------------------------------------------------
+    def model(self) -> Any | None:
+        """The registered model (aliases and tags), or None if it does not exist yet."""
+        try:
+            return self._call("read the model", self.client.get_registered_model, self.name, absent=True)
+        except _Absent:
+            return None
+
+    def aliases(self) -> dict[str, str]:
+        model = self.model()
+        return {k: str(v) for k, v in (model.aliases if model else {}).items()}
+
+    def get(self, version: str | int) -> Version | None:
+        try:
+            mv = self._call(
+                "read a version", self.client.get_model_version, self.name, str(version), absent=True
+            )
+        except _Absent:
             return None
         return _to_version(mv)
 
     def alias(self, alias: str) -> Version | None:
-        from mlflow.exceptions import MlflowException
-
-        try:
-            mv = self.client.get_model_version_by_alias(self.name, alias)
-        except MlflowException:
-            return None  # no such model or alias yet
-        return _to_version(mv)
+        version = self.aliases().get(alias)
+        return self.get(version) if version else None
 
     def version_of_run(self, run_id: str) -> Version | None:
-        found = self.client.search_model_versions(f"name='{self.name}' and run_id='{run_id}'")
+        found = self._call("search versions", self.client.search_model_versions,
+                           f"name='{self.name}' and run_id='{run_id}'")  # fmt: skip
         return _to_version(found[0]) if found else None
 
     def model_uri(self, version: Version) -> str:
         return f"models:/{self.name}/{version.version}"
 
-    def audit_trail(self) -> list[dict[str, Any]]:
-        from mlflow.exceptions import MlflowException
+    @property
+    def audit_log(self) -> AuditLog:
+        if self._audit is None:
+            self._audit = AuditLog(audit_store(self.settings), self.name)
+        return self._audit
 
-        try:
-            tags = self.client.get_registered_model(self.name).tags
-        except MlflowException:
-            return []
-        events = [json.loads(v) for k, v in tags.items() if k.startswith("audit.")]
-        return sorted(events, key=lambda e: e["at"])
+    def audit_records(self) -> list[dict[str, Any]]:
+        return self.audit_log.records()
+
+    def mirror(self) -> dict[str, str] | None:
+        model = self.model()
+        return dict(model.tags) if model is not None else None
+
+    # -- the lock --------------------------------------------------------------------------
+    def lock(self) -> contextlib.AbstractContextManager[HeldLock]:
+        timeout = lock_timeout(REGISTRY_LOCK_TIMEOUT_S)
+        what = f"registry ({self.name})"
+        if self.settings.lock_uri:
+            return named_lock(self.settings.lock_uri, f"mlops-registry/{self.name}", what, timeout)
+        folder = self.settings.registry_dir
+        if folder is None:
+            raise ConfigError(
+                f"moving an alias of the shared registry at {self.settings.mlflow_uri} needs a lock every "
+                "host takes: set MLOPS_LOCK_URI=postgresql://... (or file:///dir for this host only)"
+            )
+        return file_lock(folder / ".mlops" / "locks" / f"registry-{self.name}.lock", what, timeout)
 
     # -- writing -------------------------------------------------------------------------
-    def register(self, model_uri: str, run_id: str, tags: dict[str, str]) -> Version:
-        """Register ``model_uri`` (idempotent per run) and point ``challenger`` at it."""
+    def register(self, model_uri: str, run_id: str, tags: dict[str, str]) -> tuple[Version, bool]:
+        """Register ``model_uri`` (once per run) and point ``challenger`` at it. Returns the
+        version and whether it is new. The audit record is written by the caller, under the
+        lock (see promote)."""
         import mlflow
 
         existing = self.version_of_run(run_id)
+        created = existing is None
         if existing is None:
-            mv = mlflow.register_model(model_uri, self.name, tags=tags)
+            mv = self._call("register the model", mlflow.register_model, model_uri, self.name, tags=tags)
             existing = self.get(mv.version)
             assert existing is not None
-            self.audit("register", version=existing.version, run_id=run_id)
         else:
             for key, value in tags.items():
-                self.client.set_model_version_tag(self.name, existing.version, key, value)
-        self.client.set_registered_model_alias(self.name, CHALLENGER, existing.version)
-        return existing
-
-    @contextlib.contextmanager
-    def _lock(self) -> Iterator[None]:
-        # One host / shared filesystem: a file lock. Moves are also compare-and-set, so a
-        # process that waited here sees the alias the winner set and is refused.
-        with file_lock(self.settings.path(".mlops", f"registry-{self.name}.lock"), "registry"):
-            yield
-
-    def move_champion(
-        self, version: str, expected: str | None, reason: str, *, forced: bool, gate: dict[str, Any]
-    ) -> Version | None:
-        """Compare-and-set ``champion`` from ``expected`` (None = no champion) to ``version``.
-
-        Returns the replaced champion (or None). Raises :class:`RegistryConflict` if the
-        champion is no longer ``expected``.
-        """
-        with self._lock():
-            current = self.alias(CHAMPION)
-            current_version = current.version if current else None
-            if current_version != expected:
-                raise RegistryConflict(
-                    f"champion moved since evaluation: the gate compared against "
-                    f"{_v(expected)}, the registry now has {_v(current_version)}; "
-                    "re-run `mlops evaluate` before promoting"
+                self._call(
+                    "tag a version",
+                    self.client.set_model_version_tag,
+                    self.name,
+                    existing.version,
+                    key,
+                    value,
                 )
-            if current_version == version:
-                return current
-            now = _now()
-            for key, value in {
-                PREVIOUS_TAG: current_version or "",
-                "mlops.promoted_at": now, "mlops.promoted_by": self.settings.who,
-                "mlops.promotion_reason": reason, "mlops.forced": str(forced).lower(),
-                "mlops.gate_verdict": gate.get("verdict", ""),
-                "mlops.gate_report": gate.get("report_uri", ""),
-            }.items():  # fmt: skip
-                self.client.set_model_version_tag(self.name, version, key, value)
-            self.client.set_registered_model_alias(self.name, CHAMPION, version)
-            self.audit("promote", version=version, previous=current_version, reason=reason,
-                       forced=forced, gate_verdict=gate.get("verdict"), at=now)  # fmt: skip
-            return current
+        self._call(
+            "set the challenger",
+            self.client.set_registered_model_alias,
+            self.name,
+            CHALLENGER,
+            existing.version,
+        )
+        return existing, created
 
-    def rollback(self, target: str, reason: str) -> tuple[Version, Version]:
-        """Move ``champion`` back to ``target`` ("previous" or a version); returns (from, to)."""
-        if not reason.strip():
-            raise StepError("rollback needs a reason (--reason '...'): it goes into the audit trail")
-        with self._lock():
-            current = self.alias(CHAMPION)
-            if current is None:
-                raise StepError(f"model {self.name!r} has no champion to roll back")
-            if target in ("", "previous"):
-                target = current.tags.get(PREVIOUS_TAG, "")
-                if not target:
-                    raise StepError(
-                        f"champion v{current.version} has no previous champion to roll back to "
-                        "(name one with --to VERSION)"
-                    )
-            chosen = self.get(target)
-            if chosen is None:
-                raise StepError(f"model {self.name!r} has no version {target!r}")
-            if chosen.version == current.version:
-                raise StepError(f"v{target} is already the champion")
-            now = _now()
-            self.client.set_model_version_tag(self.name, current.version, "mlops.rolled_back_at", now)
-            self.client.set_model_version_tag(self.name, current.version, "mlops.rolled_back_reason", reason)
-            self.client.set_registered_model_alias(self.name, CHAMPION, chosen.version)
-            self.audit("rollback", version=chosen.version, previous=current.version, reason=reason, at=now)
-            return current, chosen
+    def record(
+        self, action: str, fields: dict[str, Any], head: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Append a record (caller holds the lock) and mirror it into MLflow."""
+        record = self.audit_log.append(action, {**fields, "actor": self.settings.actor_record()}, head)
+        faults.point(f"audit.{action}.appended")
+        self._mirror(record)
+        return record
 
-    def audit(self, action: str, **fields: Any) -> None:
-        record = {"action": action, "by": self.settings.who, "at": fields.pop("at", None) or _now(), **fields}
-        key = f"audit.{record['at']}.{action}"
-        self.client.set_registered_model_tag(self.name, key, json.dumps(record, default=str))
-        log.info("registry %s: %s", self.name, json.dumps(record, default=str))
+    def _mirror(self, record: dict[str, Any]) -> None:
+        self._call("mirror the audit record", self.client.set_registered_model_tag, self.name,
+                   mirror_key(record["seq"]), mirror_value(record))  # fmt: skip
+
+    def _apply(self, record: dict[str, Any]) -> None:
+        """Make a recorded move true: the alias, the version tags, the MLflow mirror (in this
+        order; the mirror last, so its presence means the move is complete). Idempotent."""
+        action, target, previous = record["action"], record["to"], record.get("from")
+        if target is not None:
+            self._call(
+                "move the champion", self.client.set_registered_model_alias, self.name, CHAMPION, target
+            )
+        faults.point(f"{action}.alias-set")
+        tags: dict[str, str] = {
+            "mlops.champion_record": str(record["seq"]),
+            "mlops.champion_since": record["at"],
+        }
+        if action == "promote":
+            gate = record.get("gate") or {}
+            tags.update({
+                PREVIOUS_TAG: previous or "", "mlops.promoted_at": record["at"],
+                "mlops.promoted_by": record["actor"]["name"], "mlops.promotion_reason": record.get("reason", ""),
+                "mlops.forced": str(bool(record.get("forced"))).lower(),
+                "mlops.gate_verdict": gate.get("verdict", ""), "mlops.gate_report": gate.get("report", ""),
+            })  # fmt: skip
+        for key, value in tags.items():
+            if target is not None:
+                self._call(
+                    "tag the champion", self.client.set_model_version_tag, self.name, target, key, value
+                )
+        if action == "rollback" and previous is not None:
+            for key, value in {"mlops.rolled_back_at": record["at"], "mlops.rolled_back_reason": record.get("reason", ""),
+                               "mlops.rolled_back_record": str(record["seq"])}.items():  # fmt: skip
+                self._call("tag the rolled-back version", self.client.set_model_version_tag, self.name,
+                           previous, key, value)  # fmt: skip
+        faults.point(f"{action}.tagged")
+        self._mirror(record)
+        faults.point(f"{action}.mirrored")
+
+    def recover(self) -> list[dict[str, Any]]:
+        """Before any move (lock held): finish what a killed mover left, and record an alias
+        that moved outside mlops. Returns the records, including any it added."""
+        records = self.audit_log.records()
+        model = self.model()
+        mirror = dict(model.tags) if model is not None else {}
+        champion = str(model.aliases[CHAMPION]) if model is not None and CHAMPION in model.aliases else None
+        move = last_move(records)
+        audited = audited_champion(records)
+        # a move is complete once its record is mirrored (the last thing a mover writes): an
+        # alias back at the move's start *after* that was moved by hand, not left behind
+        completed = move is not None and mirror.get(mirror_key(move["seq"])) == mirror_value(move)
+        if move is not None and champion != audited and champion == move.get("from") and not completed:
+            log.warning("registry %s: record %d (%s %s -> %s) was not completed by the process that wrote it; "
+                        "completing it now", self.name, move["seq"], move["action"], move.get("from"), move["to"])  # fmt: skip
+            faults.point("recover.completing")
+            self._apply(move)
+            mirror[mirror_key(move["seq"])] = mirror_value(move)
+        elif champion != audited:
+            log.warning("registry %s: champion is %s but the audit log says %s: recording a move made outside mlops",
+                        self.name, champion, audited)  # fmt: skip
+            records.append(self.record("external", {
+                "from": audited, "to": champion,
+                "reason": "the champion alias was moved outside mlops; found by the next mover",
+            }, records[-1] if records else None))  # fmt: skip
+            return records
+        if records and mirror.get(mirror_key(records[-1]["seq"])) != mirror_value(records[-1]):
+            newest = records[-1]
+            log.warning("registry %s: audit record %d was not mirrored into MLflow; mirroring it",
+                        self.name, newest["seq"])  # fmt: skip
+            if newest.get("action") in MOVES and newest.get("to") == champion:
+                self._apply(newest)
+            else:
+                self._mirror(newest)
+        return records
+
+    def move(
+        self, request: Move, precheck: Callable[[list[dict[str, Any]]], None] | None = None
+    ) -> MoveOutcome:
+        """Take the lock, complete what a killed mover left, then :meth:`move_locked`."""
+        with self.lock():
+            faults.point(f"{request.action}.locked")
+            return self.move_locked(request, self.recover(), precheck)
+
+    def move_locked(
+        self,
+        request: Move,
+        records: list[dict[str, Any]],
+        precheck: Callable[[list[dict[str, Any]]], None] | None = None,
+    ) -> MoveOutcome:
+        """Move ``champion`` from ``request.expected`` to ``request.target`` (the protocol above);
+        the caller holds the lock and passes the records :meth:`recover` returned.
+
+        ``precheck(records)``, after compare-and-set, may refuse the move by raising (it records
+        its own refusal). Raises :class:`RegistryConflict` if the champion is not the expected one.
+        """
+        champion = self.aliases().get(CHAMPION)
+        done = last_move(records)
+        if (champion == request.target and done is not None and done.get("action") == request.action
+                and done.get("to") == request.target and done.get("from") == request.expected):  # fmt: skip
+            return MoveOutcome(False, done)
+        head = records[-1] if records else None
+        if champion != request.expected:
+            self.record("conflict", {
+                "wanted": request.action, "to": request.target, "expected": request.expected,
+                "found": champion, "reason": request.reason,
+            }, head)  # fmt: skip
+            raise RegistryConflict(
+                f"{request.action} refused: the champion is {_v(champion)}, not {_v(request.expected)} as "
+                f"expected (it moved since {'the gate evaluated' if request.action == 'promote' else 'you looked'})"
+                + ("; re-run `mlops evaluate` before promoting" if request.action == "promote"
+                   else "; check `mlops status` and roll back with --expect set to the current champion")
+            )  # fmt: skip
+        if precheck is not None:
+            precheck(records)  # returns only when it lets the move through (nothing appended)
+        record = self.record(request.action, {
+            "from": request.expected, "to": request.target, "reason": request.reason,
+            "forced": request.forced, **request.details,
+        }, head)  # fmt: skip
+        faults.point(f"{request.action}.recorded")
+        self._apply(record)
+        return MoveOutcome(True, record)
+
+
+def previous_champion(records: list[dict[str, Any]], version: str) -> str | None:
+    """The champion before ``version`` was promoted (the latest promote to it), or before the
+    latest move to it of any kind; None if the log knows none."""
+    moves = [r for r in records if r.get("action") in MOVES and r.get("to") == version]
+    promotes = [r for r in moves if r.get("action") == "promote"]
+    chosen = (promotes or moves)[-1] if (promotes or moves) else None
+    return chosen.get("from") if chosen else None
+
+
+def rolled_back(
+    records: list[dict[str, Any]], fingerprint: str, version: str | None = None
+) -> dict[str, Any] | None:
+    """The rollback record that still bars this model, or None. A rolled-back version, and any
+    new version with the same fingerprint (same data version, parameters and code), stays
+    barred until a forced promotion of that fingerprint (or version) with a reason."""
+    barring: dict[str, Any] | None = None
+    for record in records:
+        action = record.get("action")
+        if action == "rollback" and (
+            (fingerprint and record.get("fingerprint_from") == fingerprint)
+            or (version is not None and record.get("from") == version)
+        ):
+            barring = record
+        elif (
+            action == "promote"
+            and record.get("forced")
+            and ((fingerprint and record.get("fingerprint") == fingerprint) or record.get("to") == version)
+        ):
+            barring = None
+    return barring
 
 
 def _to_version(mv: Any) -> Version:
@@ -181,9 +402,25 @@ def _to_version(mv: Any) -> Version:
     )  # fmt: skip
 
 
-def _now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
 def _v(version: str | None) -> str:
     return f"v{version}" if version else "no champion"
+
+
+def describe(record: dict[str, Any]) -> str:
+    """One line for a record (status and audit commands)."""
+    actor = record.get("actor") or {}
+    who = f"{actor.get('name', '?')} via {actor.get('source', '?')}"
+    action = record.get("action")
+    if action in MOVES:
+        what = f"{_v(record.get('from'))} -> {_v(record.get('to'))}"
+    elif action == "register":
+        what = f"v{record.get('version')} (run {str(record.get('run_id', ''))[:8]})"
+    elif action == "conflict":
+        what = f"{record.get('wanted')} to {_v(record.get('to'))} expected {_v(record.get('expected'))}, found {_v(record.get('found'))}"
+    else:
+        what = f"v{record.get('version')}"
+    why = record.get("reason") or record.get("detail") or ""
+    extra = " [forced]" if record.get("forced") else ""
+    return f"#{record.get('seq')} {record.get('at')} {action:<13} {what}{extra} by {who}" + (
+        f": {why}" if why else ""
+    )

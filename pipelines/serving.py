@@ -2,7 +2,8 @@
 
     POST /predict   {"instances": [{feature: value, ...}, ...]} -> {"predictions": [...], ...}
     GET  /health    the process is up (always open)
-    GET  /ready     a champion is loaded (503 until then)
+    GET  /ready     the champion the registry wants is loaded (503 until then, and 503
+                    "degraded" with wanted vs loaded when it cannot load what is wanted)
     GET  /metrics   Prometheus: requests and latency by model version and outcome,
                     the loaded versions, reloads, shadow scoring, the prediction log
     GET  /schema    the JSON schema of a request for the loaded champion
@@ -15,7 +16,12 @@ unknown field, a wrong type or an out-of-range value gets a 422 naming the field
 A background thread polls the registry aliases (``serve.poll_interval_s``). A new
 ``champion`` (a promotion or a rollback) is downloaded and loaded off the request path,
 then swapped in by one reference assignment: a request holds the version it started with
-and none is dropped. Requests that arrive while the model is busy share its next call
+and none is dropped. If the wanted version cannot be loaded (say, a broken artifact), the
+loaded one keeps answering but ``/ready`` turns 503 with the wanted and the loaded version,
+so an orchestrator takes this replica out of rotation instead of serving a model the
+registry no longer wants. The poll uses short timeouts and no long back-off (a registry
+outage is counted and shown, the loaded model keeps serving), so a rollback after an outage
+is picked up within one poll interval. Requests that arrive while the model is busy share its next call
 (:class:`Batcher`). With ``serve.shadow``, a ``challenger`` that differs from the
 champion scores the same requests from a bounded queue on another thread; the response
 never waits for it. Every prediction (champion and shadow) goes to the prediction log:
@@ -268,6 +274,8 @@ class Metrics:
         )
         self.batch_rows = Histogram("mlops_serve_batch_rows", "Rows per model call (requests batched under load)",
                                     buckets=(1, 2, 5, 10, 50, 100, 500, 1000, 5000), registry=r)  # fmt: skip
+        self.wanted_loaded = Gauge("mlops_serve_wanted_loaded",
+                                   "1 when the loaded champion is the one the registry wants", registry=r)  # fmt: skip
         self.model_name = model_name
 
     def loaded(self, alias: str, old: Loaded | None, new: Loaded | None) -> None:
@@ -457,6 +465,10 @@ class Server:
         self.log = PredictionLog(settings, self.layout, self.metrics, int(serve["log_flush_rows"]))
         self.champion: Loaded | None = None
         self.challenger: Loaded | None = None
+        self.wanted: dict[str, str | None] = {CHAMPION: None, CHALLENGER: None}  # per the registry
+        self.load_errors: dict[str, str] = {}  # alias -> why its wanted version is not loaded
+        self.registry_error: str | None = None
+        self.registry_error_since: float | None = None
         self._cache: dict[str, Loaded] = {}
         self._shadow_queue: queue.Queue[tuple[Any, list[dict[str, Any]], str] | None] = queue.Queue(
             int(serve["shadow_queue"])
@@ -478,23 +490,33 @@ class Server:
     def refresh(self) -> bool:
         """Look at the aliases once; swap in what changed. True when something changed."""
         changed = False
-        wanted = {CHAMPION: self.registry.alias(CHAMPION)}
+        aliases = self.registry.aliases()  # RegistryUnavailable when it does not answer
+        self.wanted = {CHAMPION: aliases.get(CHAMPION), CHALLENGER: aliases.get(CHALLENGER)}
+        targets = {CHAMPION: aliases.get(CHAMPION)}
         if self.shadow_enabled:
-            wanted[CHALLENGER] = self.registry.alias(CHALLENGER)
-        for alias, target in wanted.items():
+            targets[CHALLENGER] = aliases.get(CHALLENGER)
+        for alias, version in targets.items():
             current = self.champion if alias == CHAMPION else self.challenger
-            version = target.version if target else None
             if alias == CHALLENGER and (self.champion is None or version == self.champion.version):
                 version = None  # nothing to shadow: no champion yet, or the challenger was promoted
             if (current.version if current else None) == version:
+                self.load_errors.pop(alias, None)
                 continue
             try:
                 new = self._load(version) if version else None
             except Exception as exc:
                 self.metrics.reloads.labels(alias, "failed").inc()
-                log.error("serve: cannot load %s v%s, keeping v%s: %s", alias, version,
-                          current.version if current else "none", exc)  # fmt: skip
+                message = f"cannot load v{version}: {type(exc).__name__}: {str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''}"
+                if self.load_errors.get(alias) != message:  # once per failure, not every poll
+                    log.error(
+                        "serve: %s %s; still serving v%s",
+                        alias,
+                        message,
+                        current.version if current else "none",
+                    )
+                self.load_errors[alias] = message
                 continue
+            self.load_errors.pop(alias, None)
             if alias == CHAMPION:
                 self.champion = new  # one reference assignment: requests in flight keep theirs
             else:
@@ -503,20 +525,51 @@ class Server:
             self.metrics.reloads.labels(alias, "swapped").inc()
             log.info("serve: %s v%s -> v%s", alias, current.version if current else "none", version)
             changed = True
+        self.metrics.wanted_loaded.set(
+            1.0 if self.wanted[CHAMPION] == (self.champion.version if self.champion else None) else 0.0
+        )
         if changed:
             # what is loaded now lives as long as the process: out of the collector's sight,
             # so that a full collection (~170 ms over ~350k objects) never stalls a request
             gc.freeze()
         return changed
 
+    def readiness(self) -> tuple[int, dict[str, Any]]:
+        """(HTTP status, body) of /ready."""
+        loaded = self.champion.version if self.champion else None
+        wanted = self.wanted[CHAMPION]
+        registry = {"reachable": self.registry_error is None, "error": self.registry_error,
+                    "unreachable_for_s": None if self.registry_error_since is None
+                    else round(time.monotonic() - self.registry_error_since, 1)}  # fmt: skip
+        body: dict[str, Any] = {"model": self.registry.name, "wanted": wanted, "loaded": loaded, "version": loaded,
+                                "shadow": self.challenger.version if self.challenger else None, "registry": registry}  # fmt: skip
+        if loaded is None:
+            reason = self.load_errors.get(CHAMPION) or (
+                "no champion in the registry yet" if wanted is None else f"loading v{wanted}"
+            )
+            return 503, {**body, "ready": False, "state": "starting" if not self.load_errors else "degraded",
+                         "reason": reason}  # fmt: skip
+        if wanted is not None and wanted != loaded:
+            return 503, {**body, "ready": False, "state": "degraded",
+                         "reason": self.load_errors.get(CHAMPION) or f"loading v{wanted}"}  # fmt: skip
+        return 200, {
+            **body,
+            "ready": True,
+            "state": "ok" if self.registry_error is None else "registry-unreachable",
+        }
+
     def _poll(self) -> None:
         while not self._stop.wait(self.poll_interval):
             try:
                 self.refresh()
+                self.registry_error = self.registry_error_since = None
             except Exception as exc:  # the registry is unreachable: keep serving what is loaded
                 self.metrics.reloads.labels(CHAMPION, "registry_error").inc()
-                log.warning("serve: registry poll failed, serving v%s: %s",
-                            self.champion.version if self.champion else "none", exc)  # fmt: skip
+                if self.registry_error is None:
+                    self.registry_error_since = time.monotonic()
+                    log.warning("serve: registry poll failed, serving v%s: %s",
+                                self.champion.version if self.champion else "none", exc)  # fmt: skip
+                self.registry_error = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
 
     def _flush_loop(self) -> None:
         while not self._stop.is_set():
@@ -620,11 +673,8 @@ def create_app(settings: Settings, params: Params) -> Any:
 
     @app.get("/ready")
     async def ready() -> Response:
-        champion = server.champion
-        if champion is None:
-            return JSONResponse({"ready": False, "reason": "no champion loaded yet"}, status_code=503)
-        return JSONResponse({"ready": True, "model": server.registry.name, "version": champion.version,
-                             "shadow": server.challenger.version if server.challenger else None})  # fmt: skip
+        status, body = server.readiness()
+        return JSONResponse(body, status_code=status)
 
     @app.get("/metrics")
     async def metrics() -> Response:
@@ -674,6 +724,11 @@ def create_app(settings: Settings, params: Params) -> Any:
 
 def serve(settings: Settings, params: Params, host: str, port: int) -> int:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    from pipelines.tracking import bound_http
+
+    # the poll must notice a promotion or rollback within a poll interval, outage or not:
+    # short requests, one retry, no minutes of back-off (unless MLflow's own knobs are set)
+    bound_http(max(3.0, min(15.0, float(params.get("serve.poll_interval_s")))), retries=1)
     import uvicorn
 
     app = create_app(settings, params)

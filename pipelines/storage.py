@@ -1,7 +1,11 @@
 """Storage seam: atomic local writes, and object stores (folders or S3 through boto3).
 
-Every write goes to a temporary file in the destination folder and is renamed into place,
-so a reader (or DVC) never sees half a file, and a crash leaves the old version intact.
+Every write goes to a temporary file and is renamed into place, so a reader (or DVC) never
+sees half a file, and a crash leaves the old version intact. A temporary file is never
+created inside a DVC-tracked folder (a killed run would leave it there, counted in every
+later data version): writers into those folders pass ``staging`` (``.mlops/staging`` of the
+workspace, on the same filesystem), and :func:`clean_stale_temp` removes what a killed
+process left behind.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -17,6 +22,8 @@ from urllib.parse import unquote, urlparse
 from pipelines.errors import StepError
 
 log = logging.getLogger(__name__)
+
+TEMP_SUFFIX = ".tmp"
 
 
 def local_path(uri: str) -> Path:
@@ -27,47 +34,74 @@ def local_path(uri: str) -> Path:
     raise ValueError(f"unsupported storage URI {uri!r}: expected file:// or a local path")
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+def _temp_for(path: Path, staging: Path | None) -> str:
+    """A new temporary file for ``path``: in ``staging`` when given, else beside ``path``.
+    Its name carries this process's pid, so a stale one can be told from a live one."""
+    folder = staging or path.parent
+    folder.mkdir(parents=True, exist_ok=True)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.{os.getpid()}.", suffix=TEMP_SUFFIX)
+    os.close(fd)
+    return tmp
+
+
+def _finish(tmp: str, path: Path, write: Any) -> None:
     try:
-        with os.fdopen(fd, "wb") as handle:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: Path, data: bytes, staging: Path | None = None) -> None:
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    _finish(_temp_for(path, staging), path, write)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
+def atomic_write_text(path: Path, text: str, staging: Path | None = None) -> None:
+    atomic_write_bytes(path, text.encode(), staging)
 
 
-def atomic_copy(src: Path, dest: Path) -> None:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def atomic_copy(src: Path, dest: Path, staging: Path | None = None) -> None:
+    _finish(_temp_for(dest, staging), dest, lambda tmp: shutil.copyfile(src, tmp))
 
 
-def atomic_write_parquet(path: Path, frame: object) -> None:
+def atomic_write_parquet(path: Path, frame: object, staging: Path | None = None) -> None:
     """Write a DataFrame as Parquet atomically (no index, stable bytes for DVC hashing)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        frame.to_parquet(tmp, index=False)  # type: ignore[attr-defined]
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    _finish(_temp_for(path, staging), path, lambda tmp: frame.to_parquet(tmp, index=False))  # type: ignore[attr-defined]
+
+
+def clean_stale_temp(*folders: Path, min_age_s: float = 0.0) -> list[Path]:
+    """Remove temporary files left by processes that are gone (their pid is in the name;
+    unparsable names count as stale once older than ``min_age_s``). Returns what it removed."""
+    from pipelines.locks import pid_alive
+
+    removed = []
+    for folder in folders:
+        if not folder.is_dir():
+            continue
+        for tmp in folder.glob(f".*{TEMP_SUFFIX}"):
+            parts = tmp.name.rsplit(".", 3)  # .<name>.<pid>.<random>.tmp
+            try:
+                pid = int(parts[-3])
+            except (ValueError, IndexError):
+                pid = -1
+            if pid > 0 and pid_alive(pid):
+                continue
+            if pid <= 0 and time.time() - tmp.stat().st_mtime < min_age_s:
+                continue
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    if removed:
+        log.info("removed %d temporary file(s) left by a killed run: %s", len(removed),
+                 ", ".join(str(p) for p in removed[:5]))  # fmt: skip
+    return removed
 
 
 # --------------------------------------------------------------------------------------
@@ -103,6 +137,11 @@ class ObjectStore:
 
     def put_file(self, key: str, path: Path) -> None:
         self.put_bytes(key, path.read_bytes())
+
+    def put_bytes_if_absent(self, key: str, data: bytes) -> bool:
+        """Create ``key`` only if no object has it (a conditional write): True if this call
+        created it, False if it existed. Two writers racing for one key: exactly one wins."""
+        raise NotImplementedError
 
     def get_bytes(self, key: str) -> bytes:
         """The object's bytes; :class:`FileNotFoundError` when there is none."""
@@ -159,6 +198,22 @@ class LocalStore(ObjectStore):
 
     def put_file(self, key: str, path: Path) -> None:
         atomic_copy(path, self._path(key))
+
+    def put_bytes_if_absent(self, key: str, data: bytes) -> bool:
+        target = self._path(key)
+        tmp = _temp_for(target, None)
+        try:
+            with open(tmp, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            try:
+                os.link(tmp, target)  # atomic, and fails if the name exists
+            except FileExistsError:
+                return False
+            return True
+        finally:
+            Path(tmp).unlink(missing_ok=True)
 
     def get_bytes(self, key: str) -> bytes:
         return self._path(key).read_bytes()
@@ -225,6 +280,16 @@ class S3Store(ObjectStore):
     def put_file(self, key: str, path: Path) -> None:
         # one PUT (not multipart): the object appears whole or not at all
         self.put_bytes(key, path.read_bytes())
+
+    def put_bytes_if_absent(self, key: str, data: bytes) -> bool:
+        # S3 conditional writes (If-None-Match: *): AWS S3 since 2024, MinIO, moto
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, IfNoneMatch="*")
+            return True
+        except Exception as exc:
+            if _s3_code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
+                return False
+            raise self._fail("write", key, exc) from exc
 
     def get_bytes(self, key: str) -> bytes:
         try:

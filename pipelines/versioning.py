@@ -1,44 +1,24 @@
 """DVC seam: run DVC commands one at a time per workspace, and hash data like DVC does.
 
 DVC takes a repo-wide lock and fails (rather than waits) when another DVC command holds
-it; every DVC call of the pipeline goes through :func:`run_dvc`, which waits on a file lock
-of our own first, so a nightly ingest and a retrain never collide.
+it; every DVC call of the pipeline goes through :func:`run_dvc`, which holds our own
+workspace lock (:func:`pipelines.locks.workspace_lock`) first, so a nightly ingest and a
+retrain never collide. The ``dvc`` child inherits that lock: if the calling process is
+killed, the lock stays held until the child has finished too.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import logging
 import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
+from pipelines.locks import HeldLock, workspace_lock
+
 log = logging.getLogger(__name__)
-
-
-@contextlib.contextmanager
-def file_lock(path: Path, what: str) -> Iterator[None]:
-    """An exclusive lock held across processes on one host (blocks until free)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.info("waiting for the %s lock (%s)", what, path)
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def workspace_lock(root: Path) -> contextlib.AbstractContextManager[None]:
-    """The lock every DVC command and every change to ``data/validated`` takes."""
-    return file_lock(root / ".mlops" / "dvc.lock", "DVC workspace")
 
 
 def dvc_executable() -> str:
@@ -46,16 +26,33 @@ def dvc_executable() -> str:
     return str(beside) if beside.exists() else (shutil.which("dvc") or "dvc")
 
 
-def run_dvc(root: Path, *args: str, locked: bool = True) -> subprocess.CompletedProcess[str]:
-    """Run ``dvc ARGS`` in ``root``; raise with DVC's own message on failure."""
+def run_dvc(
+    root: Path,
+    *args: str,
+    held: HeldLock | None = None,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``dvc ARGS`` in ``cwd`` (default ``root``); raise with DVC's own message on failure.
+
+    ``held``: the workspace lock the caller already holds (it is not re-entrant); without it
+    the lock is taken for this call. The child inherits the lock either way.
+    """
+    if held is None:
+        with workspace_lock(root) as lock:
+            return run_dvc(root, *args, held=lock, cwd=cwd, env=env)
     cmd = [dvc_executable(), *args]
-    ctx = workspace_lock(root) if locked else contextlib.nullcontext()
-    with ctx:
-        proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, env=os.environ.copy())
+    fd = held.inheritable_fd()
+    proc = subprocess.Popen(
+        cmd, cwd=cwd or root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=env if env is not None else os.environ.copy(), pass_fds=(fd,) if fd is not None else (),
+    )  # fmt: skip
+    held.note_child(proc.pid)
+    stdout, stderr = proc.communicate()
     if proc.returncode != 0:
-        message = (proc.stderr or proc.stdout).strip().splitlines()
+        message = (stderr or stdout).strip().splitlines()
         raise RuntimeError(f"`dvc {' '.join(args)}` failed: {message[-1] if message else proc.returncode}")
-    return proc
+    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
 
 
 def is_dvc_repo(root: Path) -> bool:
@@ -94,14 +91,14 @@ def git_commit(root: Path) -> tuple[str, bool]:
     return head, bool(dirty)
 
 
-def dvc_remote(root: Path, url: str = "", *, locked: bool = True) -> str | None:
+def dvc_remote(root: Path, url: str = "", *, held: HeldLock | None = None) -> str | None:
     """The DVC remote data versions go to, or None (embedded default: the local cache only).
 
     ``url`` (``MLOPS_DVC_REMOTE``) is configured as the default remote ``mlops`` in
     ``.dvc/config.local`` (never committed); otherwise the repo's own default remote, from
     ``.dvc/config`` / ``config.local``, is used. Endpoint and credentials come from the
-    standard AWS variables, which DVC reads too. ``locked=False`` when the caller already
-    holds the workspace lock (it is not re-entrant).
+    standard AWS variables, which DVC reads too. ``held``: the workspace lock, when the caller
+    already holds it (it is not re-entrant).
     """
     import configparser
 
@@ -114,7 +111,7 @@ def dvc_remote(root: Path, url: str = "", *, locked: bool = True) -> str | None:
             parser.get(section, "url", fallback=None) != url
             or parser.get("core", "remote", fallback="") != "mlops"
         ):
-            run_dvc(root, "remote", "add", "--local", "--force", "--default", "mlops", url, locked=locked)
+            run_dvc(root, "remote", "add", "--local", "--force", "--default", "mlops", url, held=held)
         return "mlops"
     for path in (local, root / ".dvc" / "config"):
         parser = configparser.ConfigParser()
@@ -125,20 +122,22 @@ def dvc_remote(root: Path, url: str = "", *, locked: bool = True) -> str | None:
     return None
 
 
-def dvc_push(root: Path, remote: str, *targets: str, locked: bool = True) -> None:
+def dvc_push(
+    root: Path, remote: str, *targets: str, held: HeldLock | None = None, cwd: Path | None = None
+) -> None:
     """``dvc push`` to ``remote``; a failure raises StorageError naming the remote."""
     from pipelines.storage import StorageError
 
     try:
-        run_dvc(root, "push", "--quiet", "--remote", remote, *targets, locked=locked)
+        run_dvc(root, "push", "--quiet", "--remote", remote, *targets, held=held, cwd=cwd)
     except RuntimeError as exc:
         raise StorageError(f"pushing data versions to DVC remote {remote!r} failed: {exc}") from None
 
 
-def dvc_pull(root: Path, remote: str, *targets: str, locked: bool = True) -> None:
+def dvc_pull(root: Path, remote: str, *targets: str, held: HeldLock | None = None) -> None:
     from pipelines.storage import StorageError
 
     try:
-        run_dvc(root, "pull", "--quiet", "--remote", remote, *targets, locked=locked)
+        run_dvc(root, "pull", "--quiet", "--remote", remote, *targets, held=held)
     except RuntimeError as exc:
         raise StorageError(f"pulling data versions from DVC remote {remote!r} failed: {exc}") from None

@@ -24,15 +24,24 @@ export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS=${AIRFLOW_USERS:-admin:admin}
 export AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK=False
 export AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL=${AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL:-30}
 export MLOPS_PROJECT_DIR=${MLOPS_PROJECT_DIR:-$root}
+# the generated admin password, the component logs (which can print it) and the metadata DB
+# are readable by their owner only (task processes keep the caller's umask for the data)
 mkdir -p "$AIRFLOW_HOME/logs"
+chmod 700 "$AIRFLOW_HOME" "$AIRFLOW_HOME/logs"
+chmod -R go-rwx "$AIRFLOW_HOME"/*.json* "$AIRFLOW_HOME"/*.db "$AIRFLOW_HOME"/*.cfg "$AIRFLOW_HOME"/logs/*.log 2>/dev/null || true
 
-airflow db migrate > "$AIRFLOW_HOME/logs/migrate.log" 2>&1
+(umask 077; airflow db migrate > "$AIRFLOW_HOME/logs/migrate.log" 2>&1)
 pids=() names=()
-start() { name=$1; shift; "$@" > "$AIRFLOW_HOME/logs/$name.log" 2>&1 & pids+=($!); names+=("$name"); }
+start() {  # a component, its log private to the owner
+  name=$1; shift
+  (umask 077; : >> "$AIRFLOW_HOME/logs/$name.log")
+  "$@" > "$AIRFLOW_HOME/logs/$name.log" 2>&1 & pids+=($!); names+=("$name")
+}
 start scheduler airflow scheduler --skip-serve-logs
 start dag-processor airflow dag-processor
 start triggerer airflow triggerer --skip-serve-logs
-start api-server airflow api-server --host 127.0.0.1 --port "$AIRFLOW__API__PORT"
+# the api-server generates the admin password file: under umask 077 it is created 0600
+start api-server bash -c 'umask 077; exec airflow api-server --host 127.0.0.1 --port "$AIRFLOW__API__PORT"'
 if [ "$AIRFLOW__CORE__EXECUTOR" = CeleryExecutor ]; then
   # task logs are written to $AIRFLOW_HOME/logs, which the api-server reads on this host:
   # no log server is needed (and none listens on other interfaces)

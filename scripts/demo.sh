@@ -2,7 +2,7 @@
 # The main job on the embedded default: replay a month of real 2013 days, validate them,
 # reproduce the training core with DVC, gate and promote, and show where things stand.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "${MLOPS_PROJECT_DIR:-$(dirname "$0")/..}"
 dates=${DEMO_DATES:-2013-01-01:2013-01-31}
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
@@ -14,9 +14,16 @@ mlops validate --dates "$dates" > /dev/null
 step "3/5 dvc repro: featurize -> train (MLflow) -> evaluate (gate report)"
 dvc repro
 step "4/5 promote: register as challenger; champion moves only if the gate blessed it"
-rc=0; mlops promote || rc=$?
+rc=0; result=$(mlops promote) || rc=$?
 case $rc in
-  0)  echo "promoted." ;;
+  0)  python3 - "$result" <<'PY' ;;
+import json, sys
+r = json.loads(sys.argv[1].splitlines()[-1])
+if r["changed"]:
+    print(f"promoted: v{r['champion']} is the champion (audit record {r['record']}).")
+else:
+    print(f"nothing new to promote: v{r['champion']} is already the champion (audit record {r['record']}).")
+PY
   99) echo "the gate refused this model: the champion is unchanged (see reports/gate.md)." ;;
   *)  exit "$rc" ;;
 esac
@@ -35,6 +42,7 @@ Where to look:
 Try next (the environment's commands are in .venv/bin):
   dvc repro                                  nothing changed, so nothing runs
   DEMO_DATES=2013-02-01:2013-02-28 make demo  a month later: retrain, gate against the champion
-  mlops rollback --reason "..."              after a second promotion: back to the previous champion
+  mlops rollback --expect N --reason "..."   after a second promotion: back to the champion before vN
+  mlops audit verify                         the registry's audit log: chain, MLflow mirror, live alias
   make airflow                               the same steps as Airflow DAGs on 127.0.0.1:8080
 TXT

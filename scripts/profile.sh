@@ -8,10 +8,12 @@
 #   scripts/profile.sh status  which of its processes are alive
 #
 # What runs (every listener on 127.0.0.1):
-#   Postgres (already running here)  databases <prefix>_airflow and <prefix>_mlflow
+#   Postgres (already running here)  databases <prefix>_airflow and <prefix>_mlflow; the registry
+#                                    lock every host takes to move an alias (an advisory lock)
 #   Redis (already running here)     the Celery broker
 #   moto server                      the S3 endpoint (bucket $MLOPS_BUCKET): store, DVC remote, MLflow artifacts
-#   mlflow server                    tracking + registry on Postgres, artifacts proxied to S3
+#   mlflow server                    tracking + registry on Postgres, artifacts proxied to S3,
+#                                    basic-auth (user admin, generated password in $state/secrets)
 #   Airflow                          api-server, scheduler, dag-processor, triggerer, Celery worker,
 #                                    metadata on Postgres, CeleryExecutor (scripts/airflow.sh)
 #   mlops serve                      the champion behind the REST API (ready once a champion exists)
@@ -44,6 +46,14 @@ bucket=${MLOPS_BUCKET:-mlops}
 s3_url=${MLOPS_S3_URL:-http://127.0.0.1:$s3_port}
 mlflow_url=${MLOPS_MLFLOW_URL:-http://127.0.0.1:$mlflow_port}
 mkdir -p "$state/logs"
+chmod 700 "$state"
+# the MLflow admin password and the server's CSRF key: generated once, readable by the owner only
+if [ ! -s "$state/secrets" ]; then
+  token() { python3 -c 'import secrets; print(secrets.token_urlsafe(24))'; }
+  (umask 077; printf 'MLFLOW_ADMIN_PASSWORD=%s\nMLFLOW_FLASK_SERVER_SECRET_KEY=%s\n' "$(token)" "$(token)" > "$state/secrets")
+fi
+mlflow_password=$(sed -n 's/^MLFLOW_ADMIN_PASSWORD=//p' "$state/secrets")
+mlflow_secret_key=$(sed -n 's/^MLFLOW_FLASK_SERVER_SECRET_KEY=//p' "$state/secrets")
 
 env_lines() {
   cat <<ENV
@@ -53,8 +63,9 @@ export AWS_DEFAULT_REGION=${AWS_DEFAULT_REGION:-us-east-1}
 export AWS_ENDPOINT_URL=$s3_url
 export MLFLOW_S3_ENDPOINT_URL=$s3_url
 export MLFLOW_TRACKING_URI=$mlflow_url
-export MLFLOW_HTTP_REQUEST_MAX_RETRIES=${MLFLOW_HTTP_REQUEST_MAX_RETRIES:-3}
-export MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR=${MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR:-1}
+export MLFLOW_TRACKING_USERNAME=admin
+export MLFLOW_TRACKING_PASSWORD=$mlflow_password
+export MLOPS_LOCK_URI=$pg/${name}_mlflow
 export MLOPS_STORE_URI=s3://$bucket/store
 export MLOPS_DVC_REMOTE=s3://$bucket/dvc
 export MLOPS_PROJECT_DIR=${MLOPS_PROJECT_DIR:-$root}
@@ -102,9 +113,20 @@ if sys.argv[1] not in [b["Name"] for b in s3.list_buckets()["Buckets"]]:
     s3.create_bucket(Bucket=sys.argv[1])
 PY
 
-  # MLflow: Postgres backend, artifacts proxied by the server to S3 (clients need no S3 keys)
-  alive mlflow || launch mlflow mlflow server --host 127.0.0.1 --port "$mlflow_port" --workers 1 \
-    --backend-store-uri "${pg/postgresql:/postgresql+psycopg2:}/${name}_mlflow" \
+  # MLflow: Postgres backend, artifacts proxied by the server to S3 (clients need no S3 keys),
+  # basic-auth: registry tags and aliases are not open to whoever reaches the port
+  (umask 077; cat > "$state/mlflow-auth.ini" <<INI
+[mlflow]
+default_permission = READ
+database_uri = sqlite:///$state/mlflow-auth.db
+admin_username = admin
+authorization_function = mlflow.server.auth:authenticate_request_basic_auth
+INI
+  )
+  alive mlflow || MLFLOW_AUTH_CONFIG_PATH=$state/mlflow-auth.ini MLFLOW_AUTH_ADMIN_PASSWORD=$mlflow_password \
+    MLFLOW_FLASK_SERVER_SECRET_KEY=$mlflow_secret_key \
+    MLFLOW_BACKEND_STORE_URI="${pg/postgresql:/postgresql+psycopg2:}/${name}_mlflow" \
+    launch mlflow mlflow server --host 127.0.0.1 --port "$mlflow_port" --workers 1 --app-name basic-auth \
     --artifacts-destination "s3://$bucket/mlflow" --serve-artifacts
 
   # Airflow: Postgres metadata, CeleryExecutor, Redis broker, one worker on this profile's queue
@@ -129,12 +151,13 @@ PY
     [ $SECONDS -lt $deadline ] || { echo "profile: the Celery worker is not ready (see $state/airflow/logs/celery-worker.log)" >&2; exit 1; }
     sleep 1
   done
-  env_lines > "$state/profile.env"
+  (umask 077; env_lines > "$state/profile.env")
   cat <<TXT
 scaled-out profile up ($state)
   Airflow  http://127.0.0.1:$airflow_port   CeleryExecutor, metadata ${name}_airflow on Postgres, broker $redis
            log in: see $state/airflow/simple_auth_manager_passwords.json.generated
   MLflow   $mlflow_url   backend ${name}_mlflow on Postgres, artifacts s3://$bucket/mlflow
+           basic-auth: admin / see $state/secrets (profile.env exports it for clients)
   S3       $s3_url   bucket $bucket (store: s3://$bucket/store, DVC remote: s3://$bucket/dvc)
   serve    http://127.0.0.1:$serve_port   POST /predict, /ready, /metrics, /docs (the champion, hot reload)
   steps    ${MLOPS_EXECUTION_MODE:-local} mode in $MLOPS_PROJECT_DIR

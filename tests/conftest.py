@@ -27,7 +27,18 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
 # steps run as `mlops ...` subprocesses by DVC must find the project's environment
 os.environ["PATH"] = f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"
-for leaked in ("MLFLOW_TRACKING_URI", "MLOPS_TRACKING_URI", "MLOPS_PROJECT_DIR", "MLOPS_EXECUTION_MODE"):
+for leaked in (
+    "MLFLOW_TRACKING_URI",
+    "MLOPS_TRACKING_URI",
+    "MLOPS_PROJECT_DIR",
+    "MLOPS_EXECUTION_MODE",
+    "MLOPS_HOME",
+    "MLOPS_LOCK_URI",
+    "MLOPS_AUDIT_URI",
+    "MLOPS_ACTOR",
+    "MLOPS_ACTOR_SOURCE",
+    "MLOPS_RUN",
+):
     os.environ.pop(leaked, None)
 # Airflow reads its home when first imported: a private one for the whole session
 os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="airflow-home-")
@@ -101,6 +112,26 @@ def train_champion(root: Path) -> None:
     promote_if_blessed(settings, params)
 
 
+def clone_workspace(template: Path, root: Path) -> Path:
+    """A copy of a workspace *with its MLflow state*: the SQLite store records absolute
+    artifact locations, which are moved to the copy (else the copy would read and write the
+    template's artifacts)."""
+    import sqlite3
+
+    shutil.copytree(template, root, symlinks=True)
+    db = root / "mlflow.db"
+    if db.exists():
+        old, new = str(template.resolve()), str(root.resolve())
+        with sqlite3.connect(db) as conn:
+            tables = [t for (t,) in conn.execute("select name from sqlite_master where type = 'table'")]
+            for table in tables:
+                for _, column, kind, *_ in conn.execute(f"pragma table_info('{table}')").fetchall():
+                    if "CHAR" in kind.upper() or "TEXT" in kind.upper():
+                        conn.execute(f'update "{table}" set "{column}" = replace("{column}", ?, ?) '
+                                     f'where "{column}" like ?', (old, new, f"%{old}%"))  # fmt: skip
+    return root
+
+
 def use_copy(template: Path, root: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A private copy of a template workspace, made the current project."""
     shutil.copytree(template, root, symlinks=True)
@@ -134,5 +165,9 @@ def _no_leaked_tracking_uri() -> Iterator[None]:
     """MLflow's set_tracking_uri() exports MLFLOW_TRACKING_URI into os.environ; clear it
     after each test so that a later test's subprocesses do not inherit another store."""
     yield
-    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+    # the tracking URI, and the HTTP retry bounds pipelines.tracking.connect() derives from
+    # the test's own MLOPS_REGISTRY_TIMEOUT_S
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
+                 "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER",
+                 "MLFLOW_HTTP_REQUEST_TIMEOUT"):  # fmt: skip
         os.environ.pop(name, None)

@@ -39,6 +39,44 @@ def wait_http(url: str, timeout: float = 60) -> None:
             time.sleep(0.3)
 
 
+class MlflowServer:
+    """``mlflow server`` on SQLite with proxied artifacts, on a free loopback port."""
+
+    def __init__(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = folder / "mlflow-server.log"
+        with open(self.log, "w") as log:
+            self.proc = subprocess.Popen(
+                [str(VENV_BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.port),
+                 "--workers", "1", "--backend-store-uri", f"sqlite:///{folder / 'server.db'}",
+                 "--artifacts-destination", (folder / "artifacts").as_uri(), "--serve-artifacts"],
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+        deadline = time.monotonic() + 240
+        while True:
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=5):
+                    return
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(
+                        f"mlflow server did not start: {self.log.read_text()[-2000:]}"
+                    ) from None
+                time.sleep(0.5)
+
+    def stop(self) -> None:
+        import signal
+
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+
+
 class MotoServer:
     """``moto_server`` on a free loopback port; state lives in its memory."""
 
@@ -63,7 +101,9 @@ class MotoServer:
 class FaultProxy:
     """A TCP proxy on a fixed loopback port. ``down()``: every connection is accepted and
     closed at once (an endpoint that stopped answering; ``dropped`` counts the attempts);
-    ``up()``: connections are forwarded to the upstream again."""
+    ``hang()``: connections are accepted and never answered (a server that froze, or a
+    firewall that drops packets: the client's timeouts must end the wait); ``up()``:
+    connections are forwarded to the upstream again."""
 
     def __init__(self, upstream_port: int) -> None:
         self.upstream = ("127.0.0.1", upstream_port)
@@ -74,6 +114,8 @@ class FaultProxy:
         self.port = int(self.listener.getsockname()[1])
         self.url = f"http://127.0.0.1:{self.port}"
         self.is_down = False
+        self.is_hanging = False
+        self.held: list[socket.socket] = []
         self.dropped = 0
         self._closing = False
         threading.Thread(target=self._accept, daemon=True).start()
@@ -82,8 +124,16 @@ class FaultProxy:
         self.dropped = 0
         self.is_down = True
 
+    def hang(self) -> None:
+        self.dropped = 0
+        self.is_hanging = True
+
     def up(self) -> None:
-        self.is_down = False
+        self.is_down = self.is_hanging = False
+        for sock in self.held:
+            with contextlib.suppress(OSError):
+                sock.close()
+        self.held.clear()
 
     def close(self) -> None:
         self._closing = True
@@ -95,6 +145,10 @@ class FaultProxy:
                 client, _ = self.listener.accept()
             except OSError:
                 return
+            if self.is_hanging:
+                self.dropped += 1
+                self.held.append(client)  # accepted, never answered
+                continue
             if self.is_down:
                 self.dropped += 1
                 client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")

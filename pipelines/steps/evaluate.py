@@ -4,7 +4,8 @@ fresh holdout and writes the gate report (a TFX-style blessing) that promote con
 Checks: absolute floors (ROC AUC, Brier score, Brier skill over the holdout's base rate),
 champion-vs-challenger (the challenger may not lose more than the allowed margin), and
 per-slice floors (origin airport, carrier; slices too small to judge are reported as
-skipped). Outputs: ``reports/gate.json`` + ``reports/gate.md``, ``metrics.json`` and the
+skipped), and history: a model identical to one that was rolled back (same fingerprint:
+data version, parameters, code) is refused until a forced promotion says otherwise. Outputs: ``reports/gate.json`` + ``reports/gate.md``, ``metrics.json`` and the
 ROC / PR / calibration curves under ``plots/`` (DVC metrics and plots); the same are
 logged on the training run in MLflow.
 """
@@ -16,12 +17,12 @@ import json
 import logging
 from typing import Any
 
-from pipelines import schema
+from pipelines import faults, schema
 from pipelines.config import Params, Settings
 from pipelines.errors import StepError
 from pipelines.gate import Check, GateReport
 from pipelines.layout import Layout
-from pipelines.registry import CHAMPION, Registry
+from pipelines.registry import CHAMPION, Registry, rolled_back
 from pipelines.storage import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,10 @@ def evaluate(settings: Settings, params: Params) -> GateReport:
         evaluated_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), thresholds=dict(cfg),
     )  # fmt: skip
     report.checks = gate_checks(metrics, champion_info, holdout, proba, cfg)
+    report.checks.append(history_check(registry.audit_records(), trained.get("fingerprint", "")))
+    faults.point("evaluate.scored")
     _write_outputs(layout, report, y, proba)
+    faults.point("evaluate.written")
     _log_to_mlflow(settings, report, layout)
     log.info("%s", report.summary_line())
     return report
@@ -120,6 +124,19 @@ def gate_checks(
         ))  # fmt: skip
     checks.extend(slice_checks(holdout, proba, cfg))
     return checks
+
+
+def history_check(records: list[dict[str, Any]], fingerprint: str) -> Check:
+    """Refuse a rebuild of a rolled-back model (same fingerprint), until forced."""
+    name = "not a rolled-back model"
+    if not fingerprint:
+        return Check.skipped(name, "history", "the trained model has no fingerprint")
+    barring = rolled_back(records, fingerprint)
+    if barring is None:
+        return Check.holds(name, "history", True, "no rolled-back model has this fingerprint")
+    return Check.holds(name, "history", False,
+                       f"same data, parameters and code as v{barring.get('from')}, rolled back by audit record "
+                       f"{barring.get('seq')} ({barring.get('reason')}); only a forced promotion with a reason overrides")  # fmt: skip
 
 
 def slice_checks(holdout: Any, proba: Any, cfg: dict[str, Any]) -> list[Check]:
@@ -207,6 +224,7 @@ def _log_to_mlflow(settings: Settings, report: GateReport, layout: Layout) -> No
         mlflow.log_metrics({f"holdout_{k}": v for k, v in report.challenger.items()})
         mlflow.set_tags({"mlops.gate_verdict": report.verdict,
                          "mlops.gate_champion": report.champion_version or ""})  # fmt: skip
-        mlflow.log_artifact(str(layout.reports / "gate.json"), artifact_path="gate")
-        mlflow.log_artifact(str(layout.reports / "gate.md"), artifact_path="gate")
+        # the blessing and what it is about: `mlops promote --run` consumes these on any host
+        for name in ("gate.json", "gate.md", "train.json", "featurize.json"):
+            mlflow.log_artifact(str(layout.reports / name), artifact_path="gate")
         mlflow.log_artifacts(str(layout.plots), artifact_path="gate/plots")

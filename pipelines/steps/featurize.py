@@ -15,7 +15,7 @@ import logging
 import shutil
 from dataclasses import asdict, dataclass
 
-from pipelines import schema
+from pipelines import faults, schema
 from pipelines.config import Params, Settings
 from pipelines.errors import StepError
 from pipelines.features import build_features, build_target
@@ -66,7 +66,8 @@ def featurize(settings: Settings, params: Params) -> Window:
     if layout.window.exists():
         shutil.rmtree(layout.window)
     for day in days:
-        atomic_copy(layout.validated_batch(day), layout.window / f"{day}.parquet")
+        atomic_copy(layout.validated_batch(day), layout.window / f"{day}.parquet", staging=layout.staging)
+    faults.point("featurize.window-copied")
     batches = [
         pd.read_parquet(layout.window / f"{day}.parquet").assign(batch_date=day.isoformat()) for day in days
     ]
@@ -78,8 +79,8 @@ def featurize(settings: Settings, params: Params) -> Window:
     holdout_from = days[-cfg["holdout_days"]].isoformat()
     is_holdout = table["batch_date"] >= holdout_from
     train, holdout = table[~is_holdout], table[is_holdout]
-    atomic_write_parquet(layout.features / "train.parquet", train)
-    atomic_write_parquet(layout.features / "holdout.parquet", holdout)
+    atomic_write_parquet(layout.features / "train.parquet", train, staging=layout.staging)
+    atomic_write_parquet(layout.features / "holdout.parquet", holdout, staging=layout.staging)
 
     window = Window(
         start=days[0].isoformat(), end=days[-1].isoformat(), days=len(days),

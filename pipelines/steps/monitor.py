@@ -176,7 +176,7 @@ def drift_report(reference: Any, current: Any, cfg: dict[str, Any]) -> tuple[Any
 def monitor(settings: Settings, params: Params, day: dt.date) -> dict[str, Any]:
     import mlflow
 
-    from pipelines.tracking import connect, experiment_id
+    from pipelines.tracking import close_stale_runs, connect, experiment_id, owner_tags, run_name
 
     cfg = params.section("monitor")
     layout = Layout.of(settings, params.get("validate.store"))
@@ -227,8 +227,12 @@ def monitor(settings: Settings, params: Params, day: dt.date) -> dict[str, Any]:
     atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2))
     publish_tree(settings, f"reports/monitor/{day}", out_dir)
 
-    exp_id = experiment_id(settings, connect(settings), suffix="-monitoring")
-    with mlflow.start_run(experiment_id=exp_id, run_name=f"monitor {day}"):
+    client = connect(settings)
+    exp_id = experiment_id(settings, client, suffix="-monitoring")
+    close_stale_runs(client, exp_id)
+    with mlflow.start_run(
+        experiment_id=exp_id, run_name=run_name("monitor", day.isoformat()), tags=owner_tags()
+    ):
         mlflow.set_tags({"mlops.step": "monitor", "mlops.batch_date": day.isoformat(),
                          "mlops.champion_version": champion.version, "mlops.breach": str(bool(reasons)).lower()})  # fmt: skip
         metrics = {"drift_share": share, "drifted_features": float(n_drifted),

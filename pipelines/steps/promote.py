@@ -1,37 +1,82 @@
 """promote: consume the gate report (never re-decide) and act on the registry.
 
-The trained model is registered (once per run) and becomes ``challenger``. If the gate
-blessed it, or a forced promotion names its reason, ``champion`` moves to it by
-compare-and-set against the champion the gate evaluated. A refusal leaves the champion
-as it is and exits 99 (downstream skipped).
+The blessing is read from the workspace (``reports/gate.json`` + ``reports/train.json``, what
+``dvc repro`` just wrote) or, with ``--run RUN_ID``, from that MLflow run's ``gate/``
+artifacts (what a retrain on any host logged; Airflow passes the retrain's run id).
+
+The trained model is registered (once per run) and becomes ``challenger``. Then, under the
+registry lock (:mod:`pipelines.registry`): the registration is recorded; a refused gate is
+recorded and exits 99 (downstream skipped); a model identical to one that was rolled back
+is refused the same way unless forced; otherwise ``champion`` moves from the champion the
+gate evaluated against to the new version, after the version loaded and predicted in a fresh
+process (:mod:`pipelines.infra`). Re-running a finished promotion changes nothing and exits 0.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 from typing import Any
 
+from pipelines import faults
 from pipelines.config import Params, Settings
 from pipelines.errors import Skipped, StepError
+from pipelines.infra import InfraRefused, check
 from pipelines.layout import Layout
-from pipelines.registry import Registry
+from pipelines.registry import CHAMPION, Move, Registry, rolled_back
 
 log = logging.getLogger(__name__)
 
 
-def promote_if_blessed(settings: Settings, params: Params) -> dict[str, Any]:
+def load_blessing(
+    settings: Settings, layout: Layout, run_id: str | None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(gate report, train summary): from the workspace, or from an MLflow run's artifacts."""
+    if not run_id:
+        try:
+            gate = json.loads((layout.reports / "gate.json").read_text())
+            trained = json.loads((layout.reports / "train.json").read_text())
+        except FileNotFoundError as exc:
+            raise StepError(
+                f"promote needs the gate report: {exc.filename} is missing (run evaluate)"
+            ) from None
+        return gate, trained
+    import tempfile
+
+    import mlflow
+
+    from pipelines.registry import RegistryUnavailable
+    from pipelines.tracking import connect, describe_tracking_error
+
+    connect(settings)
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            folder = Path(
+                mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="gate", dst_path=tmp)
+            )
+            gate = json.loads((folder / "gate.json").read_text())
+            trained = json.loads((folder / "train.json").read_text())
+        except FileNotFoundError as exc:
+            raise StepError(f"run {run_id} has no gate report ({Path(exc.filename or '').name} missing "
+                            "under its gate/ artifacts): was it evaluated?") from None  # fmt: skip
+        except Exception as exc:
+            line = describe_tracking_error(settings, exc)
+            if line is not None:
+                raise RegistryUnavailable(line) from None
+            raise StepError(f"cannot read the gate report of run {run_id}: {type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0][:200] if str(exc) else ''}") from None  # fmt: skip
+    return gate, trained
+
+
+def promote_if_blessed(settings: Settings, params: Params, run_id: str | None = None) -> dict[str, Any]:
     layout = Layout.of(settings, params.get("validate.store"))
     cfg = params.section("promote")
-    try:
-        gate = json.loads((layout.reports / "gate.json").read_text())
-        trained = json.loads((layout.reports / "train.json").read_text())
-    except FileNotFoundError as exc:
-        raise StepError(f"promote needs the gate report: {exc.filename} is missing (run evaluate)") from None
-    if gate["run_id"] != trained["run_id"]:
+    gate, trained = load_blessing(settings, layout, run_id)
+    if gate["run_id"] != trained["run_id"] or (run_id and gate["run_id"] != run_id):
         raise StepError(
             f"the gate report is for run {gate['run_id']} but the trained model is run "
-            f"{trained['run_id']}: re-run `mlops evaluate`"
+            f"{run_id or trained['run_id']}: re-run `mlops evaluate`"
         )
     forced, reason = bool(cfg["force"]), str(cfg["reason"]).strip()
     if forced and not reason:
@@ -39,11 +84,13 @@ def promote_if_blessed(settings: Settings, params: Params) -> dict[str, Any]:
 
     registry = Registry(settings, cfg["model_name"])
     failed = [c["name"] for c in gate["checks"] if c["verdict"] == "fail"]
-    version = registry.register(
+    fingerprint = trained.get("fingerprint", "")
+    version, _ = registry.register(
         trained["model_uri"], trained["run_id"],
         tags={
             "mlops.data_version": trained["data_version"],
             "mlops.window": f"{trained['window_start']}..{trained['window_end']}",
+            "mlops.fingerprint": fingerprint,
             "mlops.gate_verdict": gate["verdict"],
             "mlops.gate_failed_checks": ", ".join(failed)[:4000],
             "mlops.holdout_roc_auc": f"{gate['challenger']['roc_auc']:.5f}",
@@ -51,25 +98,76 @@ def promote_if_blessed(settings: Settings, params: Params) -> dict[str, Any]:
             "mlops.gate_report": f"runs:/{trained['run_id']}/gate/gate.json",
         },
     )  # fmt: skip
+    faults.point("promote.registered")
+    expected = gate["champion_version"]
+    gate_info = {"run_id": trained["run_id"], "verdict": gate["verdict"], "failed_checks": failed,
+                 "report": f"runs:/{trained['run_id']}/gate/gate.json", "evaluated_at": gate["evaluated_at"]}  # fmt: skip
     result = {"version": version.version, "run_id": trained["run_id"], "verdict": gate["verdict"],
-              "champion_before": gate["champion_version"], "forced": forced}  # fmt: skip
-    if not gate["blessed"] and not forced:
-        registry.audit(
-            "refuse", version=version.version, champion=gate["champion_version"], failed_checks=failed
-        )
-        raise Skipped(
-            f"gate refused v{version.version} ({', '.join(failed)}); it is the challenger, "
-            f"the champion stays {_v(gate['champion_version'])}; see {layout.reports / 'gate.md'}"
-        )
-    why = reason or f"gate blessed run {trained['run_id']} ({len(gate['checks'])} checks)"
-    registry.move_champion(
-        version.version, gate["champion_version"], why, forced=forced,
-        gate={"verdict": gate["verdict"], "report_uri": f"runs:/{trained['run_id']}/gate/gate.json"},
-    )  # fmt: skip
-    result["champion"] = version.version
-    log.info("promote: v%s is champion (was %s)%s", version.version, _v(gate["champion_version"]),
-             " [FORCED]" if forced and not gate["blessed"] else "")  # fmt: skip
+              "champion_before": expected, "forced": forced, "changed": False}  # fmt: skip
+
+    # infra validation before taking the lock (it takes seconds); skipped when there is
+    # nothing to move (refused, or already the champion: a re-run)
+    will_move = (gate["blessed"] or forced) and registry.aliases().get(CHAMPION) != version.version
+    infra: dict[str, Any] | None = None
+    infra_error: InfraRefused | None = None
+    if will_move:
+        try:
+            infra = check(settings, registry.name, version.version, float(cfg["infra_timeout_s"]))
+            infra.pop("predictions", None)
+        except InfraRefused as exc:
+            infra_error = exc
+        faults.point("promote.infra-checked")
+
+    with registry.lock():
+        faults.point("promote.locked")
+        records = registry.recover()
+        if not any(r.get("action") == "register" and r.get("version") == version.version for r in records):
+            records.append(registry.record("register", {"version": version.version, "run_id": trained["run_id"],
+                                                        "fingerprint": fingerprint}, records[-1] if records else None))  # fmt: skip
+        if not gate["blessed"] and not forced:
+            registry.record("refuse", {"version": version.version, "champion": expected, "gate": gate_info,
+                                       "reason": f"gate refused: {', '.join(failed)}"}, records[-1])  # fmt: skip
+            raise Skipped(
+                f"gate refused v{version.version} ({', '.join(failed)}); it is the challenger, "
+                f"the champion stays {_v(expected)}; see {layout.reports / 'gate.md'}"
+            )
+        if infra_error is not None:
+            registry.record("infra-refused", {"version": version.version, "champion": expected,
+                                              "reason": str(infra_error)}, records[-1])  # fmt: skip
+            raise infra_error
+
+        def not_rolled_back(current: list[dict[str, Any]]) -> None:
+            if forced:
+                return
+            match = rolled_back(current, fingerprint, version.version)
+            if match is None:
+                return
+            registry.record("refuse", {"version": version.version, "champion": expected, "gate": gate_info,
+                                       "check": "not a rolled-back model",
+                                       "reason": _rolled_back_reason(version.version, match)}, current[-1])  # fmt: skip
+            raise Skipped(
+                f"{_rolled_back_reason(version.version, match)}; promote with --force --reason to override"
+            )
+
+        why = reason or f"gate blessed run {trained['run_id']} ({len(gate['checks'])} checks)"
+        outcome = registry.move_locked(
+            Move("promote", version.version, expected, why, forced,
+                 {"gate": gate_info, "infra": infra, "fingerprint": fingerprint}),
+            records, precheck=not_rolled_back,
+        )  # fmt: skip
+    result.update(champion=version.version, changed=outcome.changed, record=outcome.record["seq"])
+    if outcome.changed:
+        log.info("promote: v%s is champion (was %s)%s", version.version, _v(expected),
+                 " [FORCED]" if forced and not gate["blessed"] else "")  # fmt: skip
+    else:
+        log.info("promote: nothing to do, v%s is already the champion (record %d, %s by %s)", version.version,
+                 outcome.record["seq"], outcome.record["at"], outcome.record["actor"]["name"])  # fmt: skip
     return result
+
+
+def _rolled_back_reason(version: str, record: dict[str, Any]) -> str:
+    return (f"v{version} is the model rolled back from v{record.get('from')} by record {record.get('seq')} "
+            f"({record.get('reason')}): same data version, parameters and code")  # fmt: skip
 
 
 def _v(version: str | None) -> str:

@@ -3,11 +3,14 @@
 - The whole ``dvc repro`` runs under the workspace lock that ``validate`` also takes before
   it adds a batch to ``data/validated``: a nightly ingest landing meanwhile waits, so what a
   retrain trains on cannot change under it, and two DVC commands never run at once on one
-  workspace (DVC's own repo lock would fail them instead of waiting).
-- A manual trigger's Params arrive as ``--set`` overrides. DVC reads ``params.yaml``, so they
-  are written there for this run (comments kept) and ``dvc.lock`` records them; the file is
-  restored afterwards, so the next scheduled retrain uses the defaults again. The train step
-  also records them on the MLflow run (``mlops.overrides``).
+  workspace (DVC's own repo lock would fail them instead of waiting). The ``dvc`` child holds
+  the lock too: killed, this process leaves it to the child until the child ends.
+- A manual trigger's Params arrive as ``--set`` overrides. The shared ``params.yaml`` is never
+  edited: a run with overrides runs in a private copy of the workspace
+  (:mod:`pipelines.runspace`), so a kill leaves the project's parameters untouched and the
+  next scheduled retrain trains with the defaults. The train step records the overrides on
+  the MLflow run (``mlops.overrides``).
+- The result names the MLflow run whose gate report ``mlops promote --run RUN_ID`` consumes.
 """
 
 from __future__ import annotations
@@ -16,10 +19,13 @@ import json
 import logging
 from typing import Any
 
+from pipelines import faults, runspace
 from pipelines.config import Params, Settings
 from pipelines.layout import Layout
+from pipelines.locks import workspace_lock
 from pipelines.publish import publish_files
-from pipelines.versioning import dvc_pull, dvc_push, dvc_remote, run_dvc, workspace_lock
+from pipelines.storage import clean_stale_temp
+from pipelines.versioning import dvc_pull, dvc_push, dvc_remote, run_dvc
 
 log = logging.getLogger(__name__)
 
@@ -27,50 +33,47 @@ log = logging.getLogger(__name__)
 _DVC_SECTIONS = ("data", "train", "evaluate", "validate", "monitor")
 
 
-def write_overrides(path: Any, overrides: dict[str, Any]) -> None:
-    from ruamel.yaml import YAML
-
-    yaml = YAML()
-    yaml.preserve_quotes = True
-    document = yaml.load(path.read_text())
-    for dotted, value in overrides.items():
-        section, key = dotted.split(".", 1)
-        document[section][key] = value
-    with open(path, "w") as handle:
-        yaml.dump(document, handle)
-
-
 def retrain(settings: Settings, params: Params) -> dict[str, Any]:
-    layout = Layout.of(settings, params.get("validate.store"))
-    params_file = settings.path(settings.params_file)
+    home = settings.home_dir
     overrides = {k: v for k, v in params.overrides.items() if k.split(".")[0] in _DVC_SECTIONS}
-    with workspace_lock(settings.root):
-        remote = dvc_remote(settings.root, settings.dvc_remote, locked=False)
-        tracked = layout.validated.with_suffix(".dvc")
-        if remote and tracked.exists() and not layout.validated.is_dir():  # a fresh host
-            dvc_pull(settings.root, remote, str(tracked.relative_to(settings.root)), locked=False)
-        original = params_file.read_text()
-        try:
-            if overrides:
-                write_overrides(params_file, overrides)
-                log.info("retrain: this run's overrides %s", json.dumps(overrides))
-            proc = run_dvc(settings.root, "repro", locked=False)
-        finally:
-            if overrides:
-                params_file.write_text(original)
+    main = Layout.of(settings, params.get("validate.store"))
+    with workspace_lock(home) as held:
+        faults.point("retrain.locked")
+        clean_stale_temp(main.staging)
+        remote = dvc_remote(home, settings.dvc_remote, held=held)
+        tracked = main.validated.with_suffix(".dvc")
+        if remote and tracked.exists() and not main.validated.is_dir():  # a fresh host
+            dvc_pull(home, remote, str(tracked.relative_to(home)), held=held)
+        if overrides:
+            key = runspace.run_key()
+            runspace.clean_old(settings, keep=key)
+            workdir = runspace.prepare(settings, overrides, key)
+            env = runspace.step_env(settings, workdir)
+            log.info(
+                "retrain: this run's overrides %s, in %s (params.yaml untouched)",
+                json.dumps(overrides),
+                workdir,
+            )
+        else:
+            workdir, env = home, None
+        faults.point("retrain.prepared")
+        proc = run_dvc(home, "repro", held=held, cwd=workdir, env=env)
+        faults.point("retrain.reproduced")
         if remote:  # window, features, model: `dvc pull` elsewhere restores this version
-            dvc_push(settings.root, remote, locked=False)
+            dvc_push(home, remote, held=held, cwd=workdir)
+            faults.point("retrain.pushed")
+    layout = Layout(workdir, main.validated_dir)
     ran = [line.split("'")[1] for line in proc.stdout.splitlines() if line.startswith("Running stage")]
     gate = json.loads((layout.reports / "gate.json").read_text())
     trained = json.loads((layout.reports / "train.json").read_text())
     names = ("gate.json", "gate.md", "train.json", "featurize.json")
     publish_files(settings, [(f"reports/gate/{trained['run_id']}/{n}", layout.reports / n) for n in names
                              if (layout.reports / n).exists()])  # fmt: skip
+    faults.point("retrain.published")
     log.info(
-        "retrain: stages run %s; gate %s for run %s",
-        ran or "none (up to date)",
-        gate["verdict"],
-        trained["run_id"],
-    )
+        "retrain: stages run %s; gate %s for run %s (promote it with: mlops promote --run %s)",
+        ran or "none (up to date)", gate["verdict"], trained["run_id"], trained["run_id"],
+    )  # fmt: skip
     return {"stages_run": ran, "run_id": trained["run_id"], "verdict": gate["verdict"],
-            "window": f"{trained['window_start']}..{trained['window_end']}", "overrides": overrides}  # fmt: skip
+            "window": f"{trained['window_start']}..{trained['window_end']}", "overrides": overrides,
+            "workspace": str(workdir)}  # fmt: skip

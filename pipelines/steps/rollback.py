@@ -1,19 +1,76 @@
-"""rollback: move ``champion`` back to the previous champion (or a named version), audited."""
+"""rollback: move ``champion`` back, from the champion the operator saw to the one before it
+(or a named version), audited.
+
+A rollback is a move like a promotion (:mod:`pipelines.registry`): it takes the champion it
+expects to replace (``--expect``, as ``mlops status`` shows it) and refuses with exit 3 if
+the champion moved meanwhile, so a rollback started just after a promotion can never put
+back the model it was meant to remove. The target must load and predict in a fresh process
+first. The rolled-back model, and any rebuild identical to it, is then refused by the gate
+until a forced promotion with a reason.
+"""
 
 from __future__ import annotations
 
 import logging
 from typing import Any
 
-from pipelines.config import Params, Settings
-from pipelines.registry import Registry
+from pipelines import faults
+from pipelines.config import ConfigError, Params, Settings
+from pipelines.errors import StepError
+from pipelines.infra import InfraRefused, check
+from pipelines.registry import CHAMPION, Move, Registry, previous_champion
 
 log = logging.getLogger(__name__)
 
 
 def rollback(settings: Settings, params: Params) -> dict[str, Any]:
     cfg = params.section("rollback")
+    reason = str(cfg["reason"]).strip()
+    expected = str(cfg["expect"]).strip().removeprefix("v")
+    target = str(cfg["to"] or "previous").strip().removeprefix("v")
+    if not reason:
+        raise ConfigError("rollback needs a reason (--reason '...'): it goes into the audit trail")
+    if not expected:
+        raise ConfigError(
+            "rollback needs --expect VERSION: the champion you are replacing, as `mlops status` shows it "
+            "(if it moved since, the rollback is refused instead of undoing the wrong model)"
+        )
     registry = Registry(settings, params.get("promote.model_name"))
-    before, after = registry.rollback(str(cfg["to"] or "previous"), str(cfg["reason"]))
-    log.info("rollback: champion v%s -> v%s (%s)", before.version, after.version, cfg["reason"])
-    return {"from": before.version, "to": after.version, "reason": cfg["reason"]}
+    if target == "previous":
+        found = previous_champion(registry.audit_records(), expected)
+        if found is None:
+            raise StepError(
+                f"the audit log knows no champion before v{expected} to roll back to (name one with --to VERSION)"
+            )
+        target = found
+    if target == expected:
+        raise ConfigError(f"--to v{target} is the champion you expect to replace: nothing to roll back")
+    chosen, replaced = registry.get(target), registry.get(expected)
+    if chosen is None:
+        raise StepError(f"model {registry.name!r} has no version {target!r}")
+    if replaced is None:
+        raise StepError(f"model {registry.name!r} has no version {expected!r} (--expect)")
+
+    infra: dict[str, Any] | None = None
+    if registry.aliases().get(CHAMPION) != target:
+        try:
+            infra = check(settings, registry.name, target, float(params.get("promote.infra_timeout_s")))
+            infra.pop("predictions", None)
+        except InfraRefused as exc:
+            with registry.lock():
+                records = registry.recover()
+                registry.record("infra-refused", {"version": target, "champion": expected, "wanted": "rollback",
+                                                  "reason": str(exc)}, records[-1] if records else None)  # fmt: skip
+            raise
+        faults.point("rollback.infra-checked")
+    outcome = registry.move(Move("rollback", target, expected, reason, details={
+        "infra": infra, "fingerprint_from": replaced.tags.get("mlops.fingerprint", ""),
+        "fingerprint": chosen.tags.get("mlops.fingerprint", ""),
+    }))  # fmt: skip
+    if outcome.changed:
+        log.info("rollback: champion v%s -> v%s (%s)", expected, target, reason)
+    else:
+        log.info("rollback: nothing to do, already rolled back v%s -> v%s (record %d)", expected, target,
+                 outcome.record["seq"])  # fmt: skip
+    return {"from": expected, "to": target, "reason": reason, "changed": outcome.changed,
+            "record": outcome.record["seq"]}  # fmt: skip

@@ -2,9 +2,12 @@
 
 Logged on the run: every parameter (with this run's ``--set`` overrides), training
 metrics, the model (signature + input example), the training dataset, and the lineage
-tags ``mlops.data_version`` (DVC hash of ``data/window``), the window dates and the git
-commit. Writes ``models/model.joblib`` and ``reports/train.json`` (run id, model URI) for
-the evaluate and promote steps.
+tags ``mlops.data_version`` (DVC hash of ``data/window``), the window dates, the git
+commit and ``mlops.fingerprint`` (data version + parameters + model code: two runs with the
+same fingerprint train the same model). Writes ``models/model.joblib`` and
+``reports/train.json`` (run id, model URI) for the evaluate and promote steps.
+
+A run left RUNNING by a killed train is closed as FAILED by the next one.
 """
 
 from __future__ import annotations
@@ -16,20 +19,41 @@ import tempfile
 import time
 from typing import Any
 
-from pipelines import schema
+from pipelines import faults, schema
 from pipelines.config import Params, Settings
 from pipelines.errors import StepError
 from pipelines.layout import Layout
 from pipelines.storage import atomic_write_text
-from pipelines.tracking import connect, experiment_id
+from pipelines.tracking import close_stale_runs, connect, experiment_id, owner_tags, run_name
 from pipelines.versioning import dvc_hash, git_commit
+
+# the code that decides what model a window and parameters give (hashed into the fingerprint)
+MODEL_CODE = ("model.py", "features.py", "schema.py", "steps/featurize.py", "steps/train.py")
+# the parameters that do (the window itself is in the data version)
+FINGERPRINT_PARAMS = ("data.holdout_days", "data.late_threshold_min")
+
+
+def fingerprint(data_version: str, params: Params) -> str:
+    """What makes a trained model what it is: the data version, the parameters that shape the
+    model and the model code. A rolled-back model's fingerprint bars identical rebuilds."""
+    import hashlib
+    from pathlib import Path
+
+    import pipelines
+
+    package = Path(pipelines.__file__).parent
+    code = hashlib.sha256(b"".join((package / name).read_bytes() for name in MODEL_CODE)).hexdigest()
+    shaping = {k: v for k, v in params.flat().items() if k.startswith("train.") or k in FINGERPRINT_PARAMS}
+    body = json.dumps({"data": data_version, "params": shaping, "code": code}, sort_keys=True, default=str)
+    return hashlib.sha256(body.encode()).hexdigest()[:32]
+
 
 log = logging.getLogger(__name__)
 
 
 def lineage_tags(settings: Settings, layout: Layout) -> dict[str, str]:
     window = json.loads((layout.reports / "featurize.json").read_text())
-    commit, dirty = git_commit(settings.root)
+    commit, dirty = git_commit(settings.home_dir)
     return {
         "mlops.data_version": dvc_hash(layout.window),
         "mlops.window_start": window["start"],
@@ -60,14 +84,19 @@ def train(settings: Settings, params: Params) -> dict[str, Any]:
     if y.nunique() < 2:
         raise StepError(f"training set {features_file} has a single class: cannot train a classifier")
     tags = lineage_tags(settings, layout)
+    tags["mlops.fingerprint"] = fingerprint(tags["mlops.data_version"], params)
 
     client = connect(settings)
     exp_id = experiment_id(settings, client)
+    close_stale_runs(client, exp_id)
     model = build_model(params.section("train"))
-    with mlflow.start_run(experiment_id=exp_id, run_name=f"train {tags['mlops.window_end']}") as run:
+    name = run_name("train", f"{tags['mlops.window_start']}..{tags['mlops.window_end']}")
+    with mlflow.start_run(experiment_id=exp_id, run_name=name, tags=owner_tags()) as run:
+        faults.point("train.run-started")
         started = time.perf_counter()
         model.fit(X, y)
         fit_seconds = time.perf_counter() - started
+        faults.point("train.fitted")
         proba = model.predict_proba(X)[:, 1]
         mlflow.log_params({k: v for k, v in params.flat().items() if k.split(".")[0] in ("data", "train")})
         mlflow.set_tags({**tags, "mlops.step": "train", "mlops.overrides": json.dumps(params.overrides),
@@ -96,12 +125,17 @@ def train(settings: Settings, params: Params) -> dict[str, Any]:
         with tempfile.TemporaryDirectory() as tmp:
             reference.to_parquet(f"{tmp}/reference.parquet", index=False)
             mlflow.log_artifact(f"{tmp}/reference.parquet", artifact_path="reference")
+        faults.point("train.logged")
     layout.models.mkdir(parents=True, exist_ok=True)
-    joblib.dump(model, layout.models / "model.joblib")
+    staged = layout.staging / f"model.joblib.{os.getpid()}.tmp"
+    staged.parent.mkdir(parents=True, exist_ok=True)
+    joblib.dump(model, staged)
+    os.replace(staged, layout.models / "model.joblib")
     result = {
         "run_id": run.info.run_id, "model_uri": info.model_uri, "experiment_id": exp_id,
         "data_version": tags["mlops.data_version"], "window_start": tags["mlops.window_start"],
         "window_end": tags["mlops.window_end"], "train_rows": len(X), "fit_seconds": round(fit_seconds, 2),
+        "fingerprint": tags["mlops.fingerprint"], "run_name": name,
     }  # fmt: skip
     atomic_write_text(layout.reports / "train.json", json.dumps(result, indent=2))
     log.info("train: run %s fitted on %d rows in %.1fs (data %s)", run.info.run_id, len(X), fit_seconds,

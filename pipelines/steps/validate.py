@@ -16,14 +16,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipelines import faults
 from pipelines.config import Params, Settings
 from pipelines.errors import BatchRejected, StepError
 from pipelines.expectations import build_suite
 from pipelines.layout import Layout
+from pipelines.locks import HeldLock, workspace_lock
 from pipelines.publish import publish_files, publish_tree
 from pipelines.quarantine import quarantine_batch, rejection_line
-from pipelines.storage import atomic_copy, atomic_write_text
-from pipelines.versioning import dvc_push, dvc_remote, is_dvc_repo, run_dvc, workspace_lock
+from pipelines.storage import atomic_copy, atomic_write_text, clean_stale_temp
+from pipelines.versioning import dvc_push, dvc_remote, is_dvc_repo, run_dvc
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +83,12 @@ def validate(settings: Settings, params: Params, days: list[dt.date]) -> Validat
         result.passed[day.isoformat()] = len(batch)
         log.info("validate %s: %d rows passed %d expectations", day, len(batch), report["expectations"])
 
+    faults.point("validate.checked")
     if accepted:
-        with workspace_lock(settings.root):
+        with workspace_lock(settings.root) as held:
+            faults.point("validate.locked")
+            # what a killed run left: temporary files, never inside the tracked folder
+            clean_stale_temp(layout.staging, layout.validated)
             # the same day validated meanwhile by another run (a scheduled and a manual
             # nightly, say): the first commit consumed the incoming file; nothing to redo
             pending = []
@@ -96,7 +102,7 @@ def validate(settings: Settings, params: Params, days: list[dt.date]) -> Validat
                 else:
                     raise StepError(f"batch {day}: {incoming} disappeared while it was being validated")
             if pending:
-                result.data_version = _commit(settings, layout, pending)
+                result.data_version = _commit(settings, layout, pending, held)
             elif layout.validated.with_suffix(".dvc").exists():
                 result.data_version = _recorded_version(layout.validated.with_suffix(".dvc"))
     elif layout.validated.with_suffix(".dvc").exists():
@@ -114,7 +120,7 @@ def _recorded_version(tracked: Path) -> str:
 
 
 def _commit(
-    settings: Settings, layout: Layout, accepted: list[tuple[dt.date, Path, dict[str, Any]]]
+    settings: Settings, layout: Layout, accepted: list[tuple[dt.date, Path, dict[str, Any]]], held: HeldLock
 ) -> str | None:
     """Make the passing batches part of the validated data, all or nothing.
 
@@ -122,7 +128,9 @@ def _commit(
     remote (if any), publish batches and reports to the store (if any). If any of it fails,
     the batch files and the ``.dvc`` record are put back as they were and the incoming
     batches stay where they are, so the retried step starts over; what DVC had already
-    uploaded is content-addressed and referenced by no version.
+    uploaded is content-addressed and referenced by no version. A process killed on the way
+    (SIGKILL: no clean-up runs) leaves only validated files in the store and the incoming
+    batch in place, and the next validate of the day finishes the commit.
     """
     tracked = layout.validated.with_suffix(".dvc")
     previous = tracked.read_text() if tracked.exists() else None
@@ -130,21 +138,20 @@ def _commit(
     try:
         for day, incoming, _ in accepted:
             target = layout.validated_batch(day)
-            atomic_copy(incoming, target)
+            atomic_copy(incoming, target, staging=layout.staging)
             copied.append(target)
+            faults.point("validate.copied")
         version = None
         if is_dvc_repo(settings.root):
             run_dvc(
-                settings.root,
-                "add",
-                "--quiet",
-                str(layout.validated.relative_to(settings.root)),
-                locked=False,
+                settings.root, "add", "--quiet", str(layout.validated.relative_to(settings.root)), held=held
             )
+            faults.point("validate.dvc-added")
             version = _recorded_version(tracked)
-            remote = dvc_remote(settings.root, settings.dvc_remote, locked=False)
+            remote = dvc_remote(settings.root, settings.dvc_remote, held=held)
             if remote:
-                dvc_push(settings.root, remote, str(tracked.relative_to(settings.root)), locked=False)
+                dvc_push(settings.root, remote, str(tracked.relative_to(settings.root)), held=held)
+                faults.point("validate.pushed")
         staged = layout.reports / "validation" / ".staged"
         staged.mkdir(parents=True, exist_ok=True)
         items: list[tuple[str, Path]] = []
@@ -155,6 +162,7 @@ def _commit(
             items += [(f"validated/{day}.parquet", layout.validated_batch(day)),
                       (f"reports/validation/{day}.json", staged / f"{day}.json")]  # fmt: skip
         publish_files(settings, items)
+        faults.point("validate.published")
     except BaseException:
         for path in copied:
             path.unlink(missing_ok=True)
@@ -167,6 +175,7 @@ def _commit(
     for day, incoming, _ in accepted:
         os.replace(staged / f"{day}.json", layout.reports / "validation" / f"{day}.json")
         incoming.unlink()
+        faults.point("validate.done-day")
     return version
 
 

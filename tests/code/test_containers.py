@@ -46,6 +46,19 @@ def compose() -> dict:  # type: ignore[type-arg]
     return dict(yaml.safe_load(COMPOSE.read_text()))
 
 
+def test_the_mlflow_server_requires_a_login_and_keeps_passwords_off_command_lines(compose: dict) -> None:  # type: ignore[type-arg]
+    mlflow = compose["services"]["mlflow"]
+    script = " ".join(mlflow["command"])
+    assert "--app-name=basic-auth" in script and "MLFLOW_AUTH_CONFIG_PATH=" in script
+    assert "POSTGRES_PASSWORD}" not in script, "no password expanded into the command line"
+    env = mlflow["environment"]
+    assert env["MLFLOW_AUTH_ADMIN_PASSWORD"].startswith("${MLFLOW_ADMIN_PASSWORD:?")
+    assert env["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql+psycopg2://")
+    example = (REPO / "docker/env.example").read_text()
+    assert "MLFLOW_ADMIN_PASSWORD=" in example and "MLFLOW_SECRET_KEY=" in example
+    assert "mlflow_auth" in (REPO / "docker/postgres-init.sql").read_text()
+
+
 def test_compose_topology(compose: dict) -> None:  # type: ignore[type-arg]
     services = compose["services"]
     for name in ("postgres", "redis", "minio", "mlflow", "airflow-apiserver", "airflow-scheduler",
@@ -55,12 +68,14 @@ def test_compose_topology(compose: dict) -> None:  # type: ignore[type-arg]
     assert worker["command"] == ["celery", "worker"]
     assert "/var/run/docker.sock:/var/run/docker.sock" in worker["volumes"]
     env = worker["environment"]
+    assert env["MLOPS_LOCK_URI"].startswith("postgresql://"), "moves are serialised across hosts"
+    assert env["MLFLOW_TRACKING_USERNAME"] and env["MLFLOW_TRACKING_PASSWORD"] == "${MLFLOW_ADMIN_PASSWORD}"
     assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
     assert env["MLOPS_EXECUTION_MODE"] == "docker" and env["MLOPS_IMAGE"] == services["step-image"]["image"]
     assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql+psycopg2://")
     # the MLflow server: Postgres backend, S3 artifacts
     command = " ".join(services["mlflow"]["command"])
-    assert "--backend-store-uri=postgresql+psycopg2://" in command
+    assert services["mlflow"]["environment"]["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql+psycopg2://")
     assert "--artifacts-destination=s3://" in command and "--serve-artifacts" in command
     # the serving API: the step image, `mlops serve`, the MLflow server's registry
     serve = services["serve"]

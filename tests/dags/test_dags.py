@@ -189,13 +189,16 @@ def test_dag_test_retrain_then_nightly(january: Path, airflow_db, monkeypatch: p
 
     monkeypatch.syspath_prepend(str(DAGS))
     bag = DagBag(dag_folder=str(DAGS))
+    params_before = (january / "params.yaml").read_bytes()
     run = bag.dags["retrain"].test(run_conf={"max_iter": 200, "reason": "first model"})
     states = {ti.task_id: ti.state for ti in run.get_task_instances()}
     assert run.state == "success", states
     assert states == {"retrain": "success", "promote": "success", "announce": "success"}
-    lock = (january / "dvc.lock").read_text()
-    assert "max_iter: 200" in lock, "the run's Params reached dvc.lock"
-    assert "max_iter: 300" in (january / "params.yaml").read_text(), "params.yaml is restored"
+    assert (january / "params.yaml").read_bytes() == params_before, "the shared params.yaml is never edited"
+    (copy,) = (january / ".mlops/runs").iterdir()  # the run's private copy, named after the DAG run
+    assert copy.name.startswith("retrain_manual__")
+    assert "max_iter: 200" in (copy / "dvc.lock").read_text(), "the run's Params reached its dvc.lock"
+    assert not (january / "dvc.lock").exists(), "the project's own pipeline state is untouched"
 
     from pipelines.config import Settings
     from pipelines.registry import CHAMPION, Registry
@@ -206,6 +209,9 @@ def test_dag_test_retrain_then_nightly(january: Path, airflow_db, monkeypatch: p
     run_tags = registry.client.get_run(champion.run_id).data.tags
     assert json.loads(run_tags["mlops.overrides"])["train.max_iter"] == 200
     assert run_tags["mlops.orchestrator_run"].startswith("retrain/")
+    promoted = registry.audit_records()[-1]
+    assert promoted["gate"]["run_id"] == champion.run_id, "promote consumed the gate of this run"
+    assert promoted["actor"]["source"] == "airflow" and promoted["actor"]["run"].startswith("retrain/")
 
     # yesterday's predictions (made by the previous night's run) so today's labels can meet them
     import datetime as dt

@@ -209,22 +209,36 @@ def test_drift_triggers_retrain_and_rollback_through_the_rest_api(airflow, drift
     before = registry.alias(CHAMPION)
     assert before is not None and before.version == ("2" if gate["blessed"] else "1")
 
-    # rollback with Params: a missing reason is refused by the form's schema
+    # rollback with Params: a missing reason (or expected champion) is refused by the form's schema
     status, body = api.call(
-        "POST", "/api/v2/dags/rollback/dagRuns", {"logical_date": None, "conf": {"rollback_to": "previous"}}
-    )
+        "POST", "/api/v2/dags/rollback/dagRuns",
+        {"logical_date": None, "conf": {"rollback_to": "previous", "expected_champion": before.version}},
+    )  # fmt: skip
     assert status == 400 and "rollback_reason" in json.dumps(body)
     target = "previous" if gate["blessed"] else "2"
-    conf = {"rollback_to": target, "rollback_reason": "REST API rollback drill"}
+    conf = {
+        "rollback_to": target,
+        "rollback_reason": "REST API rollback drill",
+        "expected_champion": before.version,
+    }
     status, run = api.call("POST", "/api/v2/dags/rollback/dagRuns", {"logical_date": None, "conf": conf})
     assert status == 200, run
     run = api.wait_run("rollback", run["dag_run_id"], timeout=300)
     assert run["state"] == "success", _logs(home)
     after = registry.alias(CHAMPION)
     assert after is not None and after.version == ("1" if gate["blessed"] else "2")
-    last = registry.audit_trail()[-1]
+    last = registry.audit_records()[-1]
     assert last["action"] == "rollback" and last["reason"] == "REST API rollback drill"
     assert dt.datetime.fromisoformat(last["at"].replace("Z", "+00:00")).year >= 2026
+    # the actor is the Airflow user who triggered the run, as Airflow authenticated them
+    assert last["actor"]["name"] == "admin" and last["actor"]["source"] == "airflow", last["actor"]
+    assert last["actor"]["authenticated"] is True and last["actor"]["run"].startswith("rollback/manual__")
+    # the generated admin password and the component logs are the owner's only
+    for private in [
+        home / "simple_auth_manager_passwords.json.generated",
+        *sorted((home / "logs").glob("*.log")),
+    ]:
+        assert private.stat().st_mode & 0o077 == 0, f"{private} is readable by others"
 
     # a backfill over 2013 dates replays them (this test's yearly cron has one slot in range)
     body = {"dag_id": "nightly", "from_date": "2012-12-31T00:00:00Z", "to_date": "2013-01-02T00:00:00Z",

@@ -123,17 +123,23 @@ def test_training_core_story(tmp_path: Path) -> None:
     stale_gate = (root / "reports/gate.json").read_text()
 
     # -- rollback restores the previous champion, audited ----------------------------------
-    no_reason = mlops(root, "rollback")
-    assert no_reason.returncode == 1 and "needs a reason" in no_reason.stderr
-    rolled = mlops(root, "rollback", "--reason", "v2 misbehaves on Mondays")
+    no_reason = mlops(root, "rollback", "--expect", "2")
+    assert no_reason.returncode == 2 and "needs a reason" in no_reason.stderr
+    no_expect = mlops(root, "rollback", "--reason", "v2 misbehaves on Mondays")
+    assert no_expect.returncode == 2 and "needs --expect VERSION" in no_expect.stderr
+    rolled = mlops(root, "rollback", "--expect", "2", "--reason", "v2 misbehaves on Mondays")
     assert rolled.returncode == 0, rolled.stderr
     assert champion(root) == "1"
     status = json.loads(mlops(root, "status", "--json").stdout)
     actions = [e["action"] for e in status["audit"]]
-    assert actions[-1] == "rollback" and "refuse" in actions and actions.count("promote") == 2
+    assert actions == ["register", "promote", "register", "promote", "register", "refuse", "rollback"]
     rollback_event = status["audit"][-1]
-    assert rollback_event["by"] == "e2e-test" and rollback_event["reason"] == "v2 misbehaves on Mondays"
-    assert rollback_event["previous"] == "2" and rollback_event["version"] == "1"
+    assert (
+        rollback_event["actor"]["name"] == "e2e-test"
+        and rollback_event["reason"] == "v2 misbehaves on Mondays"
+    )
+    assert rollback_event["from"] == "2" and rollback_event["to"] == "1"
+    assert status["audit_check"]["ok"], status["audit_check"]
     assert status["champion"]["version"] == "1" and status["challenger"]["version"] == "3"
     assert status["validated_data"]["days"] == 31 and status["last_gate"]["verdict"] == "refused"
 
@@ -153,7 +159,7 @@ def test_training_core_story(tmp_path: Path) -> None:
     (root / "reports/gate.json").write_text(stale_gate)
     forced = mlops(root, "promote", "--force", "--reason", "hotfix approved by on-call")
     assert forced.returncode == 3, "the gate compared with v2; the champion is now v1: CAS refuses"
-    assert "champion moved since evaluation" in forced.stderr and champion(root) == "1"
+    assert "the champion is v1, not v2 as expected" in forced.stderr and champion(root) == "1"
     assert mlops(root, "evaluate").returncode == 99  # re-evaluate against the current champion
     forced = mlops(root, "promote", "--force", "--reason", "hotfix approved by on-call")
     assert forced.returncode == 0, forced.stderr

@@ -143,10 +143,35 @@ class Profile:
         return "\n".join(parts)
 
     # -- driving it ------------------------------------------------------------------------
-    def mlops(self, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    def mlops(
+        self, *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+    ) -> subprocess.CompletedProcess[str]:
         """The step command exactly as a task runs it, with the profile's environment."""
-        return subprocess.run([str(VENV_BIN / "mlops"), *args], cwd=self.workspace,
+        return subprocess.run([str(VENV_BIN / "mlops"), *args], cwd=cwd or self.workspace,
                               env={**self.env, **(env or {})}, capture_output=True, text=True)  # fmt: skip
+
+    def race(
+        self, first: tuple[Path, list[str], str], second: tuple[Path, list[str], str], barrier: Path
+    ) -> list[subprocess.CompletedProcess[str]]:
+        """Two commands, each from its own project folder (host), released together at the
+        point (their last step before the registry lock) where both have done everything else."""
+        procs = []
+        for folder, args, point in (first, second):
+            env = {**self.env, "MLOPS_PROJECT_DIR": str(folder), "MLOPS_TEST_PAUSE_AT": f"{point}={barrier}"}
+            procs.append(subprocess.Popen([str(VENV_BIN / "mlops"), *args], cwd=folder, env=env,
+                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))  # fmt: skip
+        deadline = time.monotonic() + 300
+        while len(list(barrier.parent.glob(f"{barrier.name}.ready.*"))) < 2:
+            assert time.monotonic() < deadline and all(p.poll() is None for p in procs), [
+                p.communicate()[1][-2000:] for p in procs if p.poll() is not None
+            ]
+            time.sleep(0.05)
+        barrier.touch()
+        results = []
+        for proc, (_, args, _) in zip(procs, (first, second), strict=True):
+            out, err = proc.communicate(timeout=300)
+            results.append(subprocess.CompletedProcess(args, proc.returncode, out, err))
+        return results
 
     def trigger(self, dag_id: str, conf: dict[str, Any]) -> str:
         status, run = self.api.call(
@@ -190,7 +215,7 @@ class Profile:
 
 
 @pytest.fixture
-def profile_factory(tmp_path: Path) -> Iterator[Any]:
+def profile_factory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     require_services()
     started: list[Profile] = []
 
@@ -198,6 +223,9 @@ def profile_factory(tmp_path: Path) -> Iterator[Any]:
         profile = Profile(tmp_path / mode, mode, extra_env)
         started.append(profile)
         profile.up()
+        # this test's own MLflow clients log in as the profile's clients do (basic-auth)
+        for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+            monkeypatch.setenv(key, profile.env[key])
         return profile
 
     yield start
@@ -214,7 +242,7 @@ def test_celery_profile_nightly_retrain_s3_and_mlflow_faults(profile_factory: An
     p.seed()
 
     # 1. retrain through the Celery worker: the first champion, registered on the MLflow server
-    run_id = p.trigger("retrain", {"window_days": 28})
+    run_id = p.trigger("retrain", {})
     state, tis = p.finished("retrain", run_id)
     assert state == "success", {t: ti["state"] for t, ti in tis.items()}
     assert {t: ti["state"] for t, ti in tis.items()} == {"retrain": "success", "promote": "success",
@@ -224,6 +252,14 @@ def test_celery_profile_nightly_retrain_s3_and_mlflow_faults(profile_factory: An
     client = p.registry()
     champion = client.get_model_version_by_alias(MODEL, "champion")
     assert champion.version == "1"
+    # the registry is not open to whoever reaches the port (MLflow's basic-auth app)
+    from mlflow.exceptions import MlflowException
+
+    with pytest.MonkeyPatch.context() as without_login:
+        for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+            without_login.delenv(key)
+        with pytest.raises(MlflowException, match="401"):
+            p.registry().set_registered_model_alias(MODEL, "champion", "1")
 
     # the serving API of the profile picks the champion up from the server's registry and
     # logs what it serves to the bucket
@@ -370,20 +406,80 @@ def test_celery_profile_nightly_retrain_s3_and_mlflow_faults(profile_factory: An
     champion_before = client.get_model_version_by_alias(MODEL, "champion").version
     trained = p.mlops("retrain", "--set", "data.window_days=32")
     assert trained.returncode == 0, trained.stderr[-3000:]
+    retrained = json.loads(trained.stdout.strip().splitlines()[-1])["run_id"]
     versions_before = len(client.search_model_versions(f"name='{MODEL}'"))
     p.mlflow.down()
-    refused = p.mlops("promote")
+    refused = p.mlops("promote", "--run", retrained)
     p.mlflow.up()
     assert refused.returncode == 1
     line = refused.stderr.strip().splitlines()[-1]
     assert line.startswith(f"mlops promote: failed: MLflow tracking server {p.mlflow.url} unreachable"), line
     assert client.get_model_version_by_alias(MODEL, "champion").version == champion_before
     assert len(client.search_model_versions(f"name='{MODEL}'")) == versions_before
-    retried = p.mlops("promote")
+    retried = p.mlops("promote", "--run", retrained)
     assert retried.returncode in (0, 99), retried.stderr[-2000:]
     newest = str(versions_before + 1)
     alias = "champion" if retried.returncode == 0 else "challenger"
     assert client.get_model_version_by_alias(MODEL, alias).version == newest
+
+    # 6. two hosts, one registry: two promotions at once from two project folders (this
+    #    workspace, and the fresh clone of step 3, whose data came from the DVC remote), 20
+    #    times; then a rollback racing a promotion. The lock is a Postgres advisory lock
+    #    (MLOPS_LOCK_URI), the audit log is in the bucket. Each trial starts from the same
+    #    champion: the winner is rolled back to it afterwards.
+    p.settle()
+    host_b = {"MLOPS_PROJECT_DIR": str(fresh)}
+    run_a = json.loads(p.mlops("retrain", "--set", "train.random_state=21").stdout.splitlines()[-1])["run_id"]
+    trained_b = p.mlops("retrain", "--set", "train.random_state=22", env=host_b, cwd=fresh)
+    assert trained_b.returncode == 0, trained_b.stderr[-3000:]
+    run_b = json.loads(trained_b.stdout.splitlines()[-1])["run_id"]
+    start = client.get_model_version_by_alias(MODEL, "champion").version
+    winners = []
+    for trial in range(20):
+        reason = ["--force", "--reason", f"race trial {trial}"]
+        results = p.race((ws, ["promote", "--run", run_a, *reason], "promote.infra-checked"),
+                         (fresh, ["promote", "--run", run_b, *reason], "promote.infra-checked"),
+                         p.state / f"race-{trial}")  # fmt: skip
+        codes = [r.returncode for r in results]
+        assert sorted(codes) == [0, 3], [(r.returncode, r.stderr[-1500:]) for r in results]
+        loser = results[codes.index(3)].stderr.strip().splitlines()[-1]
+        assert loser.startswith("mlops promote: failed: promote refused: the champion is v"), loser
+        won = json.loads(results[codes.index(0)].stdout.splitlines()[-1])["champion"]
+        assert client.get_model_version_by_alias(MODEL, "champion").version == won
+        winners.append("a" if codes[0] == 0 else "b")
+        reset = p.mlops("rollback", "--expect", won, "--to", start, "--reason", f"reset after trial {trial}")
+        assert reset.returncode == 0, reset.stderr[-2000:]
+    print(f"\ncross-host promotion race: 20 trials, exactly one winner each (host a won {winners.count('a')}, "
+          f"host b {winners.count('b')})")  # fmt: skip
+    verified = p.mlops("audit", "verify")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    records = json.loads(p.mlops("audit", "log", "--json").stdout)
+    trials = [r for r in records if str(r.get("reason", "")).startswith("race trial")]
+    assert sorted(r["reason"] for r in trials if r["action"] == "promote") == sorted(
+        f"race trial {i}" for i in range(20)
+    )
+    assert len([r for r in trials if r["action"] == "conflict"]) == 20, "each loser's refusal is recorded"
+    # a rollback racing a promotion: the rollback applies to the champion it expected, or exits 3
+    older = next(v.version for v in client.search_model_versions(f"name='{MODEL}'") if v.version != start)
+    outcomes = []
+    for trial in range(3):
+        results = p.race((ws, ["rollback", "--expect", start, "--to", older, "--reason", f"rollback race {trial}"],
+                          "rollback.infra-checked"),
+                         (fresh, ["promote", "--run", run_b, "--force", "--reason", f"promotion race {trial}"],
+                          "promote.infra-checked"), p.state / f"rollback-race-{trial}")  # fmt: skip
+        codes = [r.returncode for r in results]
+        assert sorted(codes) == [0, 3], [(r.returncode, r.stderr[-1500:]) for r in results]
+        champion_now = client.get_model_version_by_alias(MODEL, "champion").version
+        if codes[0] == 0:  # the rollback won: it replaced the champion it expected
+            assert champion_now == older
+            outcomes.append("rollback")
+        else:  # the promotion won: the rollback saw another champion and refused
+            assert "rollback refused: the champion is v" in results[0].stderr
+            outcomes.append("promotion")
+        reset = p.mlops("rollback", "--expect", champion_now, "--to", start, "--reason", "reset")
+        assert reset.returncode == 0, reset.stderr[-2000:]
+    print(f"rollback vs promotion race: 3 trials, winners {outcomes}")
+    assert p.mlops("audit", "verify").returncode == 0
 
 
 def test_docker_mode_through_podman(profile_factory: Any) -> None:
@@ -416,7 +512,7 @@ def test_docker_mode_through_podman(profile_factory: Any) -> None:
         return tis
 
     # retrain in containers: the first champion, on the MLflow server
-    run = p.trigger("retrain", {"window_days": 28})
+    run = p.trigger("retrain", {})
     check("retrain", run, {"retrain": "success", "promote": "success", "announce": "success"})
     assert "promote: v1 is champion" in p.task_log("retrain", run, "promote")  # the container's output
     client = p.registry()

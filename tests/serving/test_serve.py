@@ -32,7 +32,7 @@ def two_versions(january_template: Path, tmp_path_factory: pytest.TempPathFactor
     """January with v1 (champion) and v2 (challenger, a smaller model: other predictions)."""
     from pipelines.config import Settings, load_params
     from pipelines.errors import Skipped
-    from pipelines.registry import CHALLENGER, CHAMPION, Registry
+    from pipelines.registry import CHALLENGER, CHAMPION, Move, Registry
     from pipelines.steps.evaluate import evaluate
     from pipelines.steps.featurize import featurize
     from pipelines.steps.promote import promote_if_blessed
@@ -53,7 +53,7 @@ def two_versions(january_template: Path, tmp_path_factory: pytest.TempPathFactor
         registry = Registry(settings, MODEL)
         champion = registry.alias(CHAMPION)
         if champion is not None and champion.version == "2":  # blessed: put v1 back
-            registry.move_champion("1", "2", "test set-up", forced=True, gate={})
+            registry.move(Move("rollback", "1", "2", "test set-up"))
         assert registry.alias(CHAMPION).version == "1"  # type: ignore[union-attr]
         assert registry.alias(CHALLENGER).version == "2"  # type: ignore[union-attr]
     finally:
@@ -289,7 +289,7 @@ def test_hot_reload_and_rollback_under_concurrent_requests(served: Path) -> None
     1 -> 2 (a promotion) and back (a rollback): no request fails, and each client's
     responses switch version once per move."""
     from pipelines.config import Settings
-    from pipelines.registry import CHAMPION, Registry
+    from pipelines.registry import CHAMPION, Move, Registry
 
     port = free_port()
     env = {**os.environ, "MLOPS_PROJECT_DIR": str(served), "PATH": f"{VENV_BIN}:{os.environ['PATH']}"}
@@ -341,10 +341,10 @@ def test_hot_reload_and_rollback_under_concurrent_requests(served: Path) -> None
                 time.sleep(0.2)
 
         time.sleep(1)
-        registry.move_champion("2", "1", "promotion under load (test)", forced=True, gate={})
+        registry.move(Move("promote", "2", "1", "promotion under load (test)", forced=True))
         wait_all_on("2")
         time.sleep(1)
-        registry.rollback("previous", "rollback under load (test)")
+        registry.move(Move("rollback", "1", "2", "rollback under load (test)"))
         assert registry.alias(CHAMPION).version == "1"  # type: ignore[union-attr]
         wait_all_on("1")
         time.sleep(0.5)
