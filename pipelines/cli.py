@@ -59,6 +59,8 @@ def _build_parser() -> argparse.ArgumentParser:
     pr = step("promote", "register the model as challenger; move champion if the gate blessed it")
     pr.add_argument("--force", action="store_true", help="promote even if refused (needs --reason)")
     pr.add_argument("--reason", help="why (recorded in the audit trail)")
+    pr.add_argument("--expect", help="with --force: the champion you are replacing (default: the one the "
+                    "gate compared against); refused (exit 3) if it moved")  # fmt: skip
     pr.add_argument("--run", dest="run_id", help="promote this MLflow run's evaluated model (its gate/ artifacts) "
                     "instead of the workspace's reports/")  # fmt: skip
     rb = step("rollback", "move champion back to the previous (or a given) version, audited")
@@ -111,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
                 overrides.append("promote.force=true")
             if args.reason is not None:
                 overrides.append(f"promote.reason={json.dumps(args.reason)}")
+            if args.expect is not None:
+                overrides.append(f"promote.expect={json.dumps(str(args.expect))}")
         if args.step == "rollback":
             if args.target is not None:
                 overrides.append(f"rollback.to={args.target}")

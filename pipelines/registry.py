@@ -340,6 +340,8 @@ class Registry:
         if (champion == request.target and done is not None and done.get("action") == request.action
                 and done.get("to") == request.target and done.get("from") == request.expected):  # fmt: skip
             return MoveOutcome(False, done)
+        if champion == request.target and request.action == "promote" and done is not None:
+            return MoveOutcome(False, done)  # already the champion (however it got there): nothing to move
         head = records[-1] if records else None
         if champion != request.expected:
             self.record("conflict", {

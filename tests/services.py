@@ -101,8 +101,8 @@ class MotoServer:
 class FaultProxy:
     """A TCP proxy on a fixed loopback port. ``down()``: every connection is accepted and
     closed at once (an endpoint that stopped answering; ``dropped`` counts the attempts);
-    ``hang()``: connections are accepted and never answered (a server that froze, or a
-    firewall that drops packets: the client's timeouts must end the wait); ``up()``:
+    ``hang()``: connections are accepted and never answered, and established ones stall (a
+    server that froze, or a firewall that drops packets: the client's timeouts must end the wait); ``up()``:
     connections are forwarded to the upstream again."""
 
     def __init__(self, upstream_port: int) -> None:
@@ -163,10 +163,11 @@ class FaultProxy:
             for a, b in ((client, server), (server, client)):
                 threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
 
-    @staticmethod
-    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
         try:
             while data := src.recv(65536):
+                while self.is_hanging and not self._closing:  # a frozen server: established connections stall too
+                    time.sleep(0.05)
                 dst.sendall(data)
         except OSError:
             pass

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines import faults
-from pipelines.config import Params, Settings
+from pipelines.config import ConfigError, Params, Settings
 from pipelines.errors import Skipped, StepError
 from pipelines.infra import InfraRefused, check
 from pipelines.layout import Layout
@@ -81,6 +81,12 @@ def promote_if_blessed(settings: Settings, params: Params, run_id: str | None = 
     forced, reason = bool(cfg["force"]), str(cfg["reason"]).strip()
     if forced and not reason:
         raise StepError("a forced promotion needs a reason (--reason '...' or --set promote.reason=...)")
+    named = str(cfg.get("expect", "")).strip().removeprefix("v")
+    if named and not forced:
+        raise ConfigError(
+            "--expect is for a forced promotion (a person overriding the gate names the champion they "
+            "replace); a blessed promotion replaces the champion its gate compared against"
+        )
 
     registry = Registry(settings, cfg["model_name"])
     failed = [c["name"] for c in gate["checks"] if c["verdict"] == "fail"]
@@ -99,7 +105,9 @@ def promote_if_blessed(settings: Settings, params: Params, run_id: str | None = 
         },
     )  # fmt: skip
     faults.point("promote.registered")
-    expected = gate["champion_version"]
+    # the champion this move replaces: the one the gate compared against, or, for a forced
+    # promotion, the one the person forcing it names (compare-and-set either way)
+    expected = (None if named == "none" else named) if named else gate["champion_version"]
     gate_info = {"run_id": trained["run_id"], "verdict": gate["verdict"], "failed_checks": failed,
                  "report": f"runs:/{trained['run_id']}/gate/gate.json", "evaluated_at": gate["evaluated_at"]}  # fmt: skip
     result = {"version": version.version, "run_id": trained["run_id"], "verdict": gate["verdict"],

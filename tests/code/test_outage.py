@@ -58,7 +58,7 @@ def outage(
             evaluate(settings, params)
             if seed < 3:
                 assert promote_if_blessed(settings, params)["champion"] == str(seed)
-        yield ws, proxy, {**os.environ, **env, "MLOPS_REGISTRY_TIMEOUT_S": str(BOUND_S)}
+        yield ws, proxy, {**os.environ, **env, "MLOPS_REGISTRY_TIMEOUT_S": str(BOUND_S), "DIRECT": server.url}
     finally:
         for key, value in saved.items():
             if value is None:
@@ -112,3 +112,54 @@ def test_an_unreachable_registry_fails_the_command_fast_with_one_line(
         sorted(p.name for p in Path(env["MLOPS_AUDIT_URI"].removeprefix("file://")).rglob("*.json"))
         == records_before
     )
+
+
+def test_serve_keeps_serving_through_an_outage_and_picks_up_a_rollback_within_a_poll(
+    outage, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    """The registry hangs; meanwhile v2 is rolled back to v1 (on the server itself). The
+    serving API keeps answering with v2 and says the registry is unreachable; once the
+    registry answers again it serves v1 within about one poll interval (short requests, no
+    minutes of back-off). Finally v2 is restored through the same protocol."""
+    from fastapi.testclient import TestClient
+
+    from pipelines.config import Settings, load_params
+    from pipelines.serving import create_app
+
+    ws, proxy, env = outage
+    direct = {**env, "MLOPS_TRACKING_URI": env["DIRECT"]}
+    for key in ("MLOPS_PROJECT_DIR", "MLOPS_TRACKING_URI", "MLOPS_LOCK_URI", "MLOPS_AUDIT_URI"):
+        monkeypatch.setenv(key, env[key])
+    poll = 1.0
+    settings = Settings()
+    app = create_app(settings, load_params(settings, [f"serve.poll_interval_s={poll}", "serve.shadow=false"]))
+    with TestClient(app) as http:
+        assert http.get("/ready").json()["loaded"] == "2"
+        proxy.hang()
+        try:
+            rolled = subprocess.run([str(VENV_BIN / "mlops"), "rollback", "--expect", "2", "--to", "1", "--reason",
+                                     "rollback during an outage"], cwd=ws, env=direct, capture_output=True,
+                                    text=True, timeout=300)  # fmt: skip
+            assert rolled.returncode == 0, rolled.stderr[-2000:]
+            deadline = time.monotonic() + 60
+            while http.get("/ready").json()["registry"]["reachable"]:
+                assert time.monotonic() < deadline, "the outage never showed in /ready"
+                time.sleep(0.5)
+            ready = http.get("/ready")
+            assert ready.status_code == 200 and ready.json()["loaded"] == "2", "it keeps serving what it has"
+        finally:
+            proxy.up()
+        back = time.monotonic()
+        while http.get("/ready").json()["loaded"] != "1":
+            assert time.monotonic() - back < 60, http.get("/ready").json()
+            time.sleep(0.2)
+        picked_up = time.monotonic() - back
+    print(
+        f"\nserve picked up the rollback {picked_up:.1f} s after the registry answered again (poll {poll} s)"
+    )
+    # one hung poll (up to the serve's short bound) plus one interval, never minutes of back-off
+    assert picked_up < 20, picked_up
+    restored = subprocess.run([str(VENV_BIN / "mlops"), "rollback", "--expect", "1", "--to", "2", "--reason",
+                               "restore after the drill"], cwd=ws, env=direct, capture_output=True, text=True,
+                              timeout=300)  # fmt: skip
+    assert restored.returncode == 0, restored.stderr[-2000:]

@@ -151,21 +151,34 @@ class Profile:
                               env={**self.env, **(env or {})}, capture_output=True, text=True)  # fmt: skip
 
     def race(
-        self, first: tuple[Path, list[str], str], second: tuple[Path, list[str], str], barrier: Path
+        self,
+        first: tuple[Path, list[str], str],
+        second: tuple[Path, list[str], str],
+        barrier: Path,
+        head_start: float = 0.0,
     ) -> list[subprocess.CompletedProcess[str]]:
         """Two commands, each from its own project folder (host), released together at the
-        point (their last step before the registry lock) where both have done everything else."""
+        point (their last step before the registry lock) where both have done everything else
+        (``head_start``: the first is released that many seconds before the second)."""
         procs = []
-        for folder, args, point in (first, second):
-            env = {**self.env, "MLOPS_PROJECT_DIR": str(folder), "MLOPS_TEST_PAUSE_AT": f"{point}={barrier}"}
+        for index, (folder, args, point) in enumerate((first, second)):
+            gate = barrier.with_name(f"{barrier.name}-first") if head_start and index == 0 else barrier
+            env = {**self.env, "MLOPS_PROJECT_DIR": str(folder), "MLOPS_TEST_PAUSE_AT": f"{point}={gate}"}
             procs.append(subprocess.Popen([str(VENV_BIN / "mlops"), *args], cwd=folder, env=env,
                                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))  # fmt: skip
         deadline = time.monotonic() + 300
-        while len(list(barrier.parent.glob(f"{barrier.name}.ready.*"))) < 2:
-            assert time.monotonic() < deadline and all(p.poll() is None for p in procs), [
-                p.communicate()[1][-2000:] for p in procs if p.poll() is not None
-            ]
+        while len(list(barrier.parent.glob(f"{barrier.name}*.ready.*"))) < 2:
+            ended = [proc for proc in procs if proc.poll() is not None]
+            if ended or time.monotonic() > deadline:
+                barrier.touch()
+                barrier.with_name(f"{barrier.name}-first").touch()
+                raise AssertionError(
+                    f"a racer did not reach {barrier.name}: {[p.communicate()[1][-2000:] for p in procs]}"
+                )
             time.sleep(0.05)
+        if head_start:
+            barrier.with_name(f"{barrier.name}-first").touch()
+            time.sleep(head_start)
         barrier.touch()
         results = []
         for proc, (_, args, _) in zip(procs, (first, second), strict=True):
@@ -235,6 +248,7 @@ def profile_factory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator
         profile.down()
 
 
+@pytest.mark.timeout(3000)  # a long scenario: Celery runs, two outages, 23 cross-host race trials
 def test_celery_profile_nightly_retrain_s3_and_mlflow_faults(profile_factory: Any) -> None:
     # a failed task is retried once, after 20-40 s: time enough to see the failure and
     # start the S3 endpoint again
@@ -425,30 +439,43 @@ def test_celery_profile_nightly_retrain_s3_and_mlflow_faults(profile_factory: An
     # 6. two hosts, one registry: two promotions at once from two project folders (this
     #    workspace, and the fresh clone of step 3, whose data came from the DVC remote), 20
     #    times; then a rollback racing a promotion. The lock is a Postgres advisory lock
-    #    (MLOPS_LOCK_URI), the audit log is in the bucket. Each trial starts from the same
-    #    champion: the winner is rolled back to it afterwards.
+    #    (MLOPS_LOCK_URI), the audit log is in the bucket. Each host has two models of its own
+    #    and forces the one that is not the champion, naming the champion it replaces, so
+    #    every trial starts from the previous trial's winner.
     p.settle()
     host_b = {"MLOPS_PROJECT_DIR": str(fresh)}
-    run_a = json.loads(p.mlops("retrain", "--set", "train.random_state=21").stdout.splitlines()[-1])["run_id"]
-    trained_b = p.mlops("retrain", "--set", "train.random_state=22", env=host_b, cwd=fresh)
-    assert trained_b.returncode == 0, trained_b.stderr[-3000:]
-    run_b = json.loads(trained_b.stdout.splitlines()[-1])["run_id"]
-    start = client.get_model_version_by_alias(MODEL, "champion").version
+    models: dict[Path, list[str]] = {ws: [], fresh: []}
+    for seed, folder in zip((21, 22, 23, 24), (ws, fresh, ws, fresh), strict=True):
+        trained = p.mlops("retrain", "--set", f"train.random_state={seed}", "--set", "train.max_iter=40",
+                          env=host_b if folder == fresh else None, cwd=folder)  # fmt: skip
+        assert trained.returncode == 0, trained.stderr[-3000:]
+        models[folder].append(json.loads(trained.stdout.splitlines()[-1])["run_id"])
+
+    def version_of(run: str) -> str | None:
+        found = client.search_model_versions(f"name='{MODEL}' and run_id='{run}'")
+        return str(found[0].version) if found else None
+
+    def promotion(folder: Path, champion: str, why: str) -> tuple[Path, list[str], str]:
+        run = next(r for r in models[folder] if version_of(r) != champion)
+        return (
+            folder,
+            ["promote", "--run", run, "--force", "--reason", why, "--expect", champion],
+            "promote.infra-checked",
+        )
+
     winners = []
     for trial in range(20):
-        reason = ["--force", "--reason", f"race trial {trial}"]
-        results = p.race((ws, ["promote", "--run", run_a, *reason], "promote.infra-checked"),
-                         (fresh, ["promote", "--run", run_b, *reason], "promote.infra-checked"),
-                         p.state / f"race-{trial}")  # fmt: skip
+        champion_before = client.get_model_version_by_alias(MODEL, "champion").version
+        results = p.race(promotion(ws, champion_before, f"race trial {trial}"),
+                         promotion(fresh, champion_before, f"race trial {trial}"), p.state / f"race-{trial}")  # fmt: skip
         codes = [r.returncode for r in results]
         assert sorted(codes) == [0, 3], [(r.returncode, r.stderr[-1500:]) for r in results]
         loser = results[codes.index(3)].stderr.strip().splitlines()[-1]
         assert loser.startswith("mlops promote: failed: promote refused: the champion is v"), loser
+        assert f"not v{champion_before} as expected" in loser, loser
         won = json.loads(results[codes.index(0)].stdout.splitlines()[-1])["champion"]
         assert client.get_model_version_by_alias(MODEL, "champion").version == won
         winners.append("a" if codes[0] == 0 else "b")
-        reset = p.mlops("rollback", "--expect", won, "--to", start, "--reason", f"reset after trial {trial}")
-        assert reset.returncode == 0, reset.stderr[-2000:]
     print(f"\ncross-host promotion race: 20 trials, exactly one winner each (host a won {winners.count('a')}, "
           f"host b {winners.count('b')})")  # fmt: skip
     verified = p.mlops("audit", "verify")
@@ -460,25 +487,36 @@ def test_celery_profile_nightly_retrain_s3_and_mlflow_faults(profile_factory: An
     )
     assert len([r for r in trials if r["action"] == "conflict"]) == 20, "each loser's refusal is recorded"
     # a rollback racing a promotion: the rollback applies to the champion it expected, or exits 3
-    older = next(v.version for v in client.search_model_versions(f"name='{MODEL}'") if v.version != start)
     outcomes = []
     for trial in range(3):
-        results = p.race((ws, ["rollback", "--expect", start, "--to", older, "--reason", f"rollback race {trial}"],
-                          "rollback.infra-checked"),
-                         (fresh, ["promote", "--run", run_b, "--force", "--reason", f"promotion race {trial}"],
-                          "promote.infra-checked"), p.state / f"rollback-race-{trial}")  # fmt: skip
+        champion_before = client.get_model_version_by_alias(MODEL, "champion").version
+        forced = promotion(fresh, champion_before, f"promotion race {trial}")
+        target_of_promotion = version_of(forced[1][2])
+        back_to = next(
+            v for r in models[ws] if (v := version_of(r)) not in (champion_before, target_of_promotion, None)
+        )
+        rollback = (ws, ["rollback", "--expect", champion_before, "--to", back_to, "--reason", f"rollback race {trial}"],
+                    "rollback.infra-checked")  # fmt: skip
+        # the third trial gives the rollback a head start of a fraction of a second: both
+        # outcomes of the race are exercised (the promotion then finds another champion)
+        results = p.race(
+            rollback, forced, p.state / f"rollback-race-{trial}", head_start=0.3 if trial == 2 else 0.0
+        )
         codes = [r.returncode for r in results]
         assert sorted(codes) == [0, 3], [(r.returncode, r.stderr[-1500:]) for r in results]
         champion_now = client.get_model_version_by_alias(MODEL, "champion").version
         if codes[0] == 0:  # the rollback won: it replaced the champion it expected
-            assert champion_now == older
+            assert champion_now == back_to
+            assert f"promote refused: the champion is v{back_to}, not v{champion_before}" in results[1].stderr
             outcomes.append("rollback")
         else:  # the promotion won: the rollback saw another champion and refused
-            assert "rollback refused: the champion is v" in results[0].stderr
+            assert (
+                f"rollback refused: the champion is v{champion_now}, not v{champion_before}"
+                in results[0].stderr
+            )
             outcomes.append("promotion")
-        reset = p.mlops("rollback", "--expect", champion_now, "--to", start, "--reason", "reset")
-        assert reset.returncode == 0, reset.stderr[-2000:]
     print(f"rollback vs promotion race: 3 trials, winners {outcomes}")
+    assert outcomes[2] == "rollback", "released first, the rollback replaced the champion it expected"
     assert p.mlops("audit", "verify").returncode == 0
 
 
