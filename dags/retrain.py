@@ -12,6 +12,8 @@ if os.path.dirname(os.path.abspath(__file__)) not in sys.path:  # the factory be
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from step_operator import DAG_KWARGS, RETRAIN_RUN, schedule_from_env, step_result, step_task
 
+from pipelines.params_schema import form_param
+
 DRIFT = Asset(name="flight_delay_drift", uri="mlops://flight-delay/drift")
 SAFETY_NET = schedule_from_env("MLOPS_RETRAIN_CRON", "0 4 * * 0")  # weekly even without drift
 
@@ -44,44 +46,20 @@ form below. Empty fields keep the `params.yaml` value.
     **DAG_KWARGS,
     tags=["mlops", "training"],
     doc_md=DOC,
+    # the form's fields are the settings schema's (pipelines/params_schema.py): same types,
+    # ranges, choices and descriptions as params.yaml and --set; empty keeps params.yaml's value
     params={
-        "window_days": Param(
-            None,
-            type=["null", "integer"],
-            minimum=7,
-            maximum=365,
-            title="Window (days)",
-            description="Train on the last N validated days.",
-        ),
-        "window_end": Param(
-            "",
-            type="string",
-            pattern=r"^(|2013-\d{2}-\d{2})$",
-            title="Window end",
-            description="Last day of the window (YYYY-MM-DD); empty = newest validated day.",
-        ),
-        "learning_rate": Param(None, type=["null", "number"], exclusiveMinimum=0, maximum=1),
-        "max_iter": Param(
-            None, type=["null", "integer"], minimum=1, maximum=2000, title="Boosting iterations"
-        ),
-        "max_leaf_nodes": Param(None, type=["null", "integer"], minimum=2, maximum=255),
-        "min_roc_auc": Param(
-            None, type=["null", "number"], minimum=0.5, maximum=1, title="Gate: ROC AUC floor"
-        ),
+        "window_days": Param(None, **form_param("data.window_days", title="Window (days)")),
+        "window_end": Param(None, **form_param("data.window_end", title="Window end")),
+        "learning_rate": Param(None, **form_param("train.learning_rate", title="Learning rate")),
+        "max_iter": Param(None, **form_param("train.max_iter", title="Boosting iterations")),
+        "max_leaf_nodes": Param(None, **form_param("train.max_leaf_nodes", title="Leaves per tree")),
+        "min_roc_auc": Param(None, **form_param("evaluate.min_roc_auc", title="Gate: ROC AUC floor")),
         "max_auc_drop": Param(
-            None,
-            type=["null", "number"],
-            minimum=0,
-            maximum=0.5,
-            title="Gate: allowed ROC AUC drop vs champion",
+            None, **form_param("evaluate.max_auc_drop", title="Gate: allowed ROC AUC drop vs champion")
         ),
-        "force_promote": Param(
-            False,
-            type="boolean",
-            title="Force promotion",
-            description="Promote even if the gate refuses. Needs a reason.",
-        ),
-        "reason": Param("", type="string", maxLength=500, title="Reason (recorded in the audit trail)"),
+        "force_promote": Param(False, **form_param("promote.force", title="Force promotion")),
+        "reason": Param(None, **form_param("promote.reason", title="Reason (recorded in the audit trail)")),
     },
 )
 def retrain() -> None:

@@ -11,6 +11,8 @@ if os.path.dirname(os.path.abspath(__file__)) not in sys.path:  # the factory be
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from step_operator import DAG_KWARGS, DEFAULT_ARGS, step_task
 
+from pipelines.params_schema import form_param
+
 DOC = """
 ### rollback: move the `champion` alias back, with a reason
 
@@ -31,21 +33,21 @@ then refused by the gate until a forced promotion with a reason. See docs/runboo
     **{**DAG_KWARGS, "default_args": {**DEFAULT_ARGS, "retries": 0}},  # a rollback is not retried
     tags=["mlops", "registry"],
     doc_md=DOC,
+    # the fields are the settings schema's rollback.* keys (pipelines/params_schema.py)
     params={
         "expected_champion": Param(
-            type="string",
-            pattern=r"^[0-9]+$",
-            title="Champion you are replacing",
-            description="The current champion's version as `mlops status` shows it; refused if it moved.",
+            **form_param(
+                "rollback.expect",
+                optional=False,
+                title="Champion you are replacing",
+                min_length=1,
+                description="The current champion's version as `mlops status` shows it; refused if it moved.",
+            )
         ),
-        "rollback_to": Param(
-            "previous",
-            type="string",
-            pattern=r"^(previous|[0-9]+)$",
-            title="Roll back to",
-            description="'previous' or a model version number",
+        "rollback_to": Param("previous", **form_param("rollback.to", optional=False, title="Roll back to")),
+        "rollback_reason": Param(
+            **form_param("rollback.reason", optional=False, title="Reason", min_length=3)
         ),
-        "rollback_reason": Param(type="string", minLength=3, maxLength=500, title="Reason"),
     },
 )
 def rollback() -> None:

@@ -162,39 +162,62 @@ def parse_override(text: str) -> tuple[str, Any]:
     try:
         value = yaml.safe_load(raw) if raw != "" else ""
     except yaml.YAMLError as exc:
-        raise ConfigError(f"--set {text!r}: value is not valid YAML ({exc})") from None
+        raise ConfigError(f"--set {text!r}: the value is not valid YAML ({_yaml_problem(exc)})") from None
+    except ValueError:  # YAML's date reading of an impossible date (2013-02-30): the schema says why
+        value = raw
     return key.strip(), value
 
 
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    mark = getattr(exc, "problem_mark", None)
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark is not None else str(problem)
+
+
 def load_params(settings: Settings, overrides: list[str] | None = None) -> Params:
-    """Read params.yaml and apply ``--set`` overrides, refusing unknown keys and wrong types."""
+    """Read params.yaml, apply ``--set`` overrides and check the whole through the settings
+    schema (:mod:`pipelines.params_schema`): any problem is a :class:`ConfigError` (exit 2)
+    with one line naming the key, the value, where it came from and what is allowed."""
+    from pipelines import params_schema
+
     path = settings.path(settings.params_file)
     try:
-        values = yaml.safe_load(path.read_text()) or {}
+        text = path.read_text()
     except FileNotFoundError:
         raise ConfigError(f"params file not found: {path}") from None
+    try:
+        values = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path.name} is not valid YAML: {_yaml_problem(exc)}") from None
+    except ValueError as exc:  # e.g. an impossible date (2013-02-30) that YAML reads as one
+        raise ConfigError(f"{path.name}: a value YAML cannot read: {exc}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path.name}: expected a mapping of sections, got {type(values).__name__}")
     values = copy.deepcopy(values)
-    applied: dict[str, Any] = {}
-    for text in overrides or []:
-        key, value = parse_override(text)
+    applied: list[str] = []
+    origin: dict[str, str] = {}
+    for text_ in overrides or []:
+        key, value = parse_override(text_)
         section, name = key.split(".", 1)
-        if section not in values or name not in values[section]:
-            raise ConfigError(f"--set {key}: unknown parameter (not in {path.name})")
-        current = values[section][name]
-        value = _coerce(key, current, value)
+        if not isinstance(values.get(section), dict) or name not in values[section]:
+            known = params_schema.SECTIONS.get(section)
+            hint = ""
+            if known is not None:
+                import difflib
+
+                close = difflib.get_close_matches(name, list(known.model_fields), n=1)
+                hint = f" (did you mean {section}.{close[0]}?)" if close else ""
+            raise ConfigError(f"--set {key}: not a parameter{hint}")
         values[section][name] = value
-        applied[key] = value
-    return Params(values=values, overrides=applied)
-
-
-def _coerce(key: str, current: Any, value: Any) -> Any:
-    """Keep an override's type in line with the default's, with a clear error if it can't."""
-    if current is None or isinstance(value, type(current)):
-        return value
-    if isinstance(current, bool):
-        raise ConfigError(f"--set {key}={value!r}: expected true/false")
-    if isinstance(current, float) and isinstance(value, int):
-        return float(value)
-    if isinstance(current, str):
-        return str(value)
-    raise ConfigError(f"--set {key}={value!r}: expected {type(current).__name__}, got {type(value).__name__}")
+        applied.append(key)
+        origin[key] = f"--set {text_}"
+    try:
+        checked = params_schema.check(values, origin)
+    except ValueError as exc:
+        message = str(exc)
+        raise ConfigError(
+            message if message.startswith(("--set", path.name)) else f"{path.name}: {message}"
+        ) from None
+    return Params(
+        values=checked, overrides={k: checked[k.split(".")[0]][k.split(".", 1)[1]] for k in applied}
+    )

@@ -1,30 +1,27 @@
-"""The Great Expectations suite for a day's batch, kept as code.
+"""The Great Expectations suite of the data contract (:mod:`pipelines.contract`), kept as code.
 
-Built from the data contract in :mod:`pipelines.schema` and the ``validate`` params, so a
-review of this file is a review of what a batch must satisfy to reach training.
+One suite serves every day of a process: what differs per day (the bounds learned from the
+validated history) is a run-time parameter (``{"$PARAMETER": name}``), and the day itself is
+checked through a derived column, so the suite, the context and the validation definition
+are built once (:class:`pipelines.steps.validate.Validator`). Every expectation carries the id
+of the contract rule it checks in ``meta.rule``: a failure is reported by rule.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import TYPE_CHECKING, Any
 
-from pipelines import schema
+from pipelines import contract, schema
 
 if TYPE_CHECKING:
     import great_expectations as gx
 
 SUITE_NAME = "flights_batch"
 
-_INT_TYPES = ["int64", "int32", "int16", "int8", "Int64", "Int32", "Int16", "Int8"]
-_NUM_TYPES = [*_INT_TYPES, "float64", "float32", "Float64", "Float32"]
-_STR_TYPES = ["object", "string", "str"]
-
 # Physically possible ranges. Weather readings allow a few glitches (`mostly`): the 2013
 # table has a 1,048 mph wind speed, which featurization treats as missing.
 _RANGES: dict[str, tuple[float, float]] = {
-    "month": (1, 12), "day": (1, 31), "sched_dep_time": (0, 2359), "sched_arr_time": (0, 2359),
-    "dep_time": (1, 2400), "arr_time": (1, 2400), "hour": (0, 23), "minute": (0, 59),
+    "month": (1, 12), "day": (1, 31), "hour": (0, 23), "minute": (0, 59),
     "distance": (1, 6000), "air_time": (1, 1000), "flight": (1, 9999),
 }  # fmt: skip
 _WEATHER_RANGES: dict[str, tuple[float, float]] = {
@@ -32,50 +29,88 @@ _WEATHER_RANGES: dict[str, tuple[float, float]] = {
     "wind_speed": (0, 150), "wind_gust": (0, 200), "precip": (0, 10), "pressure": (900, 1100),
     "visib": (0, 20),
 }  # fmt: skip
+# rules computed as boolean columns by contract.derive
+_DERIVED = ("in_batch_day", "whole_numbers", "schedule_parts", "time_hour_matches", "route_two_ends",
+            "departure_delay_matches", "arrival_delay_matches", "arrival_after_departure", "label_computable")  # fmt: skip
 
 
-def build_suite(day: dt.date, validate_params: dict[str, Any]) -> gx.ExpectationSuite:
-    """The expectations a batch for ``day`` must meet."""
+def _p(name: str) -> dict[str, str]:
+    return {"$PARAMETER": name}
+
+
+def build_suite(validate_params: dict[str, Any]) -> gx.ExpectationSuite:
+    """The expectations a batch must meet (after :func:`pipelines.contract.derive`)."""
     import great_expectations as gx
 
     E = gx.expectations
     max_delay = validate_params["max_abs_delay_min"]
     suite = gx.ExpectationSuite(name=SUITE_NAME)
-    add = suite.add_expectation
-    # schema: exactly the contract's columns, with the contract's types
-    add(E.ExpectTableColumnsToMatchSet(column_set=list(schema.BATCH_COLUMNS), exact_match=True))
-    for column in schema.INTEGER_COLUMNS:
-        add(E.ExpectColumnValuesToBeInTypeList(column=column, type_list=_INT_TYPES))
-    for column in schema.NUMERIC_COLUMNS:
-        add(E.ExpectColumnValuesToBeInTypeList(column=column, type_list=_NUM_TYPES))
-    for column in schema.STRING_COLUMNS:
-        add(E.ExpectColumnValuesToBeInTypeList(column=column, type_list=_STR_TYPES))
-    # size: a day of a real schedule, not a partial or a duplicated drop
-    add(
-        E.ExpectTableRowCountToBeBetween(
-            min_value=validate_params["min_rows"], max_value=validate_params["max_rows"]
-        )
-    )
-    # keys and required fields
+
+    def add(rule: str, kind: Any, **kwargs: Any) -> None:
+        assert rule in contract.BY_ID, rule
+        suite.add_expectation(kind(**kwargs, meta={"rule": rule}))
+
+    add("row_count", E.ExpectTableRowCountToBeBetween, min_value=_p("rows_min"), max_value=_p("rows_max"))
     for column in schema.REQUIRED_COLUMNS:
-        add(E.ExpectColumnValuesToNotBeNull(column=column))
-    add(E.ExpectCompoundColumnsToBeUnique(column_list=list(schema.FLIGHT_KEY)))
-    # every row belongs to the batch's day
-    add(E.ExpectColumnValuesToBeInSet(column="year", value_set=[day.year]))
-    add(E.ExpectColumnValuesToBeInSet(column="month", value_set=[day.month]))
-    add(E.ExpectColumnValuesToBeInSet(column="day", value_set=[day.day]))
-    add(E.ExpectColumnValuesToMatchRegex(column="time_hour", regex=r"^\d{4}-\d\d-\d\dT\d\d:00:00Z$"))
-    # ranges (missing values are allowed where the column is not required)
+        add("required_fields", E.ExpectColumnValuesToNotBeNull, column=column)
+    add("flight_key_unique", E.ExpectCompoundColumnsToBeUnique, column_list=list(schema.FLIGHT_KEY))
+    add("time_hour_format", E.ExpectColumnValuesToMatchRegex, column="time_hour",
+        regex=r"^\d{4}-\d\d-\d\dT\d\d:00:00Z$")  # fmt: skip
+    for column in contract.CLOCKS:
+        add("clock_times", E.ExpectColumnValuesToBeInSet, column=f"{contract.RULE_PREFIX}clock_times:{column}",
+            value_set=[True])  # fmt: skip
     for column, (low, high) in _RANGES.items():
-        add(E.ExpectColumnValuesToBeBetween(column=column, min_value=low, max_value=high))
+        add("value_ranges", E.ExpectColumnValuesToBeBetween, column=column, min_value=low, max_value=high)
     for column in ("dep_delay", "arr_delay"):
-        add(E.ExpectColumnValuesToBeBetween(column=column, min_value=-max_delay, max_value=max_delay))
+        add(
+            "value_ranges",
+            E.ExpectColumnValuesToBeBetween,
+            column=column,
+            min_value=-max_delay,
+            max_value=max_delay,
+        )
     for column, (low, high) in _WEATHER_RANGES.items():
-        add(E.ExpectColumnValuesToBeBetween(column=column, min_value=low, max_value=high, mostly=0.99))
-    # codes the reference tables know
-    add(E.ExpectColumnValuesToBeInSet(column="origin", value_set=list(schema.NYC_ORIGINS)))
-    add(E.ExpectColumnValuesToBeInSet(column="dest", value_set=sorted(schema.known_airports())))
-    add(E.ExpectColumnValuesToBeInSet(column="carrier", value_set=sorted(schema.known_carriers())))
+        add(
+            "weather_ranges",
+            E.ExpectColumnValuesToBeBetween,
+            column=column,
+            min_value=low,
+            max_value=high,
+            mostly=0.99,
+        )
+    add("known_codes", E.ExpectColumnValuesToBeInSet, column="origin", value_set=list(schema.NYC_ORIGINS))
+    add("known_codes", E.ExpectColumnValuesToBeInSet, column=f"{contract.RULE_PREFIX}known_codes:dest",
+        value_set=[True])  # fmt: skip
+    add(
+        "known_codes",
+        E.ExpectColumnValuesToBeInSet,
+        column="carrier",
+        value_set=sorted(schema.known_carriers()),
+    )
+    for rule in _DERIVED:
+        add(rule, E.ExpectColumnValuesToBeInSet, column=f"{contract.RULE_PREFIX}{rule}", value_set=[True])
+    for column in contract.NULL_SHARE_COLUMNS:
+        add("outcome_null_share", E.ExpectColumnProportionOfNonNullValuesToBeBetween, column=column,
+            min_value=_p(f"non_null_min__{column}"))  # fmt: skip
+    add("late_rate", E.ExpectColumnMeanToBeBetween, column=contract.LATE, max_value=_p("late_rate_max"))
+    for rule in contract.MIX_COLUMNS:
+        add(
+            rule,
+            E.ExpectColumnMaxToBeBetween,
+            column=f"{contract.STAT_PREFIX}{rule}",
+            max_value=_p("mix_max"),
+        )
+    return suite
+
+
+def build_schema_suite() -> gx.ExpectationSuite:
+    """The schema stage as GX expectations, for the data docs of a batch it stopped."""
+    import great_expectations as gx
+
+    E = gx.expectations
+    suite = gx.ExpectationSuite(name=f"{SUITE_NAME}_schema")
+    suite.add_expectation(E.ExpectTableColumnsToMatchSet(column_set=list(schema.BATCH_COLUMNS), exact_match=True,
+                                                         meta={"rule": "columns"}))  # fmt: skip
     return suite
 
 
@@ -83,8 +118,8 @@ def feature_constraints() -> dict[str, tuple[float, float] | frozenset[str]]:
     """What the suite allows, restated for the model's features (the serving API's request
     schema): a (low, high) range for numbers, a code set for categories. Derived features
     take their bounds from the batch columns they are computed from."""
-    dep_low, dep_high = _RANGES["sched_dep_time"]
-    arr_low, arr_high = _RANGES["sched_arr_time"]
+    dep_low, dep_high = contract.CLOCKS["sched_dep_time"]
+    arr_low, arr_high = contract.CLOCKS["sched_arr_time"]
     constraints: dict[str, tuple[float, float] | frozenset[str]] = {
         "carrier": schema.known_carriers(),
         "origin": frozenset(schema.NYC_ORIGINS),

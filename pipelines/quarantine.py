@@ -34,17 +34,23 @@ def quarantine_batch(
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
-    kept = None
+    kept = received = None
     if batch_file is not None and batch_file.exists():
         kept = folder / f"batch{''.join(batch_file.suffixes) or '.bin'}"
         atomic_copy(batch_file, kept)
         if batch_file.is_relative_to(layout.incoming):
             batch_file.unlink()
+    # the drop as it was received (a landing-zone CSV or Parquet), next to the parsed batch
+    for original in sorted(layout.incoming.glob(f"{day.isoformat()}.received*")):
+        received = folder / f"received{original.suffix}"
+        atomic_copy(original, received)
+        original.unlink()
     report = {
         "batch_date": day.isoformat(),
         "stage": stage,
         "quarantined_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "batch_file": kept.name if kept else None,
+        "received_file": received.name if received else None,
         "failures": failures,
         **(details or {}),
     }

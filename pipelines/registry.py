@@ -234,10 +234,12 @@ class Registry:
     def record(
         self, action: str, fields: dict[str, Any], head: dict[str, Any] | None = None
     ) -> dict[str, Any]:
-        """Append a record (caller holds the lock) and mirror it into MLflow."""
+        """Append a record (caller holds the lock) and mirror it into MLflow; a move's record
+        is mirrored by :meth:`_apply`, once the alias has moved (the mirror marks a move complete)."""
         record = self.audit_log.append(action, {**fields, "actor": self.settings.actor_record()}, head)
         faults.point(f"audit.{action}.appended")
-        self._mirror(record)
+        if action not in ("promote", "rollback"):
+            self._mirror(record)
         return record
 
     def _mirror(self, record: dict[str, Any]) -> None:

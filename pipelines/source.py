@@ -116,15 +116,67 @@ class LandingZoneSource:
             )
         if path.stat().st_size == 0:
             raise UnreadableBatch(day, path, "the file is empty (0 bytes)")
+        looks = looks_like(path)
+        if looks is not None:
+            raise UnreadableBatch(day, path, looks)
         try:
             if path.suffix == ".parquet":
-                return pd.read_parquet(path)
-            return pd.read_csv(path, on_bad_lines="error")
+                frame = pd.read_parquet(path)
+            else:
+                frame = pd.read_csv(path, on_bad_lines="error")
         except pd.errors.EmptyDataError:
             raise UnreadableBatch(day, path, "the file has no header and no rows") from None
         except Exception as exc:  # parquet/csv parsers raise many types; name the cause
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise UnreadableBatch(day, path, f"{type(exc).__name__}: {reason}") from None
+        if path.suffix != ".parquet" and len(frame.columns) == 1:
+            header = str(frame.columns[0])
+            for name, sep in (("semicolon", ";"), ("tab", "\t"), ("pipe", "|")):
+                if header.count(sep) >= 3:
+                    raise UnreadableBatch(day, path, f"one column: the header is {name}-separated "
+                                                     f"({header[:50]!r}...); expected commas")  # fmt: skip
+        return frame
+
+
+# what the first bytes of a file say it is
+_MAGIC = (
+    (b"\x1f\x8b", "gzip-compressed data (decompress it first)"),
+    (b"PK\x03\x04", "a zip archive (unpack it first)"),
+    (b"\x28\xb5\x2f\xfd", "zstd-compressed data (decompress it first)"),
+    (b"BZh", "bzip2-compressed data (decompress it first)"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"%PDF", "a PDF document"),
+    (b"\x89PNG", "a PNG image"),
+)
+
+
+def looks_like(path: Path) -> str | None:
+    """Why a drop cannot be what its name says, from its first bytes; None when it may be."""
+    with open(path, "rb") as handle:
+        head = handle.read(4096)
+    is_parquet = head.startswith(b"PAR1")
+    for magic, what in _MAGIC:
+        if head.startswith(magic):
+            return f"the file is {what}, not {'Parquet' if path.suffix == '.parquet' else 'CSV text'}"
+    if path.suffix == ".parquet":
+        if not is_parquet:
+            try:
+                text = head[:200].decode("utf-8")
+                kind = f"it is text, CSV perhaps: {text[:40]!r}"
+            except UnicodeDecodeError:
+                kind = "it is not Parquet"
+            return f"the file does not start with Parquet's PAR1 marker ({kind})"
+        return None
+    if is_parquet:
+        return "the file is Parquet data named .csv (rename it .parquet)"
+    if b"\x00" in head:
+        return "the file is binary data (NUL bytes), not CSV text"
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.start < len(head) - 4:  # not just a character cut at the 4 KB boundary
+            return f"the file is not UTF-8 text (byte {exc.start}: {head[exc.start : exc.start + 1]!r})"
+    return None
 
 
 def make_source(kind: str, landing_uri: str = "", cache_dir: Path | None = None) -> FlightSource:

@@ -166,7 +166,9 @@ class FaultProxy:
     def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
         try:
             while data := src.recv(65536):
-                while self.is_hanging and not self._closing:  # a frozen server: established connections stall too
+                while (
+                    self.is_hanging and not self._closing
+                ):  # a frozen server: established connections stall too
                     time.sleep(0.05)
                 dst.sendall(data)
         except OSError:

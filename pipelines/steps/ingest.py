@@ -16,7 +16,7 @@ from pipelines.layout import Layout
 from pipelines.publish import publish_tree
 from pipelines.quarantine import quarantine_batch, rejection_line
 from pipelines.source import MissingBatch, UnreadableBatch, join_weather, make_source
-from pipelines.storage import atomic_write_parquet
+from pipelines.storage import StorageError, atomic_copy, atomic_write_parquet
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +50,20 @@ def ingest(settings: Settings, params: Params, days: list[dt.date]) -> IngestRes
         except UnreadableBatch as exc:
             problem = f"unreadable drop {exc.path.name if exc.path else ''}: {exc.reason}"
             folder = quarantine_batch(layout, day, exc.path, "ingest", [problem])
-            result.rejected[day.isoformat()] = rejection_line(day, "ingest", [problem], folder)
-            publish_tree(settings, f"quarantine/{day}", folder)
-            log.error("%s", result.rejected[day.isoformat()])
+            line = rejection_line(day, "ingest", [problem], folder)
+            try:
+                publish_tree(settings, f"quarantine/{day}", folder)
+            except StorageError as store_error:  # the rejection is reported, not replaced
+                line += f"; and publishing the quarantine failed: {store_error}"
+            result.rejected[day.isoformat()] = line
+            log.error("%s", line)
             continue
         batch = join_weather(_normalise_object_columns(flights, pd))
+        raw = source.raw_file(day)
+        for stale in layout.incoming.glob(f"{day}.received*"):  # a previous drop of the day
+            stale.unlink()
+        if raw is not None:  # the drop as received, kept until it is validated (or quarantined with it)
+            atomic_copy(raw, layout.incoming / f"{day}.received{raw.suffix}")
         atomic_write_parquet(layout.incoming_batch(day), batch)
         for ext in (".parquet", ".csv"):  # the copy fetched from an s3:// landing zone
             (layout.incoming / ".landing" / f"{day}{ext}").unlink(missing_ok=True)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines import faults
-from pipelines.config import ConfigError, Params, Settings
+from pipelines.config import Params, Settings
 from pipelines.errors import Skipped, StepError
 from pipelines.infra import InfraRefused, check
 from pipelines.layout import Layout
@@ -78,15 +78,8 @@ def promote_if_blessed(settings: Settings, params: Params, run_id: str | None = 
             f"the gate report is for run {gate['run_id']} but the trained model is run "
             f"{run_id or trained['run_id']}: re-run `mlops evaluate`"
         )
-    forced, reason = bool(cfg["force"]), str(cfg["reason"]).strip()
-    if forced and not reason:
-        raise StepError("a forced promotion needs a reason (--reason '...' or --set promote.reason=...)")
-    named = str(cfg.get("expect", "")).strip().removeprefix("v")
-    if named and not forced:
-        raise ConfigError(
-            "--expect is for a forced promotion (a person overriding the gate names the champion they "
-            "replace); a blessed promotion replaces the champion its gate compared against"
-        )
+    forced, reason = bool(cfg["force"]), str(cfg["reason"]).strip()  # force needs a reason: the settings schema
+    named = str(cfg.get("expect", "")).strip().removeprefix("v")  # with force only (the settings schema)
 
     registry = Registry(settings, cfg["model_name"])
     failed = [c["name"] for c in gate["checks"] if c["verdict"] == "fail"]

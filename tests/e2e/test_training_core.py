@@ -153,7 +153,7 @@ def test_training_core_story(tmp_path: Path) -> None:
 
     # -- forcing needs a reason, and is recorded as forced --------------------------------
     bare = mlops(root, "promote", "--force")
-    assert bare.returncode == 1 and "needs a reason" in bare.stderr
+    assert bare.returncode == 2 and "promote.force = true needs promote.reason" in bare.stderr
     assert champion(root) == "1"
     # a gate report older than the last champion move cannot promote (compare-and-set)
     (root / "reports/gate.json").write_text(stale_gate)

@@ -189,7 +189,9 @@ def test_not_ready_until_a_champion_exists(served: Path) -> None:
     with app_client() as client:
         assert client.get("/health").status_code == 200
         ready = client.get("/ready")
-        assert ready.status_code == 503 and ready.json()["reason"] == "no champion loaded yet"
+        body = ready.json()
+        assert ready.status_code == 503 and body["reason"] == "no champion in the registry yet", body
+        assert body["state"] == "starting" and body["wanted"] is None and body["loaded"] is None
         assert client.post("/predict", json=payload).status_code == 503
         registry.set_registered_model_alias(MODEL, "champion", "1")
         deadline = time.monotonic() + 30
@@ -281,7 +283,9 @@ def test_prediction_log_is_what_monitor_reads(served: Path, run_cli: Any) -> Non
     served_mean = float(log[log["role"] == "champion"]["prediction"].mean())
     assert summary["mean_prediction"] == pytest.approx(served_mean, abs=1e-4)
     code, _, err = run_cli("monitor", "--date", today, "--set", "monitor.traffic=bogus")
-    assert code == 2 and "monitor.traffic must be 'scored' or 'served'" in err
+    assert (
+        code == 2 and "monitor.traffic = 'bogus' is not allowed: input should be 'scored' or 'served'" in err
+    )
 
 
 def test_hot_reload_and_rollback_under_concurrent_requests(served: Path) -> None:
