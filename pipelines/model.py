@@ -1,5 +1,10 @@
 """The model: a scikit-learn pipeline giving P(arrival disrupted) for a flight.
 
+Its ``predict`` is that probability (:class:`DelayModel`): the product's prediction is a risk,
+not a 0/1 label, so MLflow's pyfunc flavour, ``mlflow models serve`` and
+``mlflow.pyfunc.load_model(...).predict`` answer what ``mlops serve`` answers.
+``predict_proba`` is scikit-learn's, for the steps that score.
+
 Codes (carrier, origin, dest) are ordinal-encoded and handled as native categories by a
 HistGradientBoostingClassifier; unknown codes at scoring time become "missing" rather
 than an error. With ``monotonic_weather`` the trees may only raise the risk as the weather
@@ -9,6 +14,7 @@ model tests check.
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any
 
 from pipelines import schema
@@ -17,10 +23,32 @@ if TYPE_CHECKING:
     from sklearn.pipeline import Pipeline
 
 
+@functools.cache
+def _delay_model_class() -> type:
+    from sklearn.pipeline import Pipeline
+
+    class DelayModel(Pipeline):
+        """A pipeline whose ``predict`` is P(late), the delay probability."""
+
+        def predict(self, X: Any, **params: Any) -> Any:
+            return self.predict_proba(X, **params)[:, 1]
+
+    DelayModel.__module__ = __name__
+    DelayModel.__qualname__ = "DelayModel"
+    return DelayModel
+
+
+def __getattr__(name: str) -> Any:
+    """``DelayModel`` is defined on first use, so importing this module stays cheap (no
+    scikit-learn); unpickling and skops find it by name."""
+    if name == "DelayModel":
+        return _delay_model_class()
+    raise AttributeError(name)
+
+
 def build_model(train_params: dict[str, Any]) -> Pipeline:
     from sklearn.compose import ColumnTransformer
     from sklearn.ensemble import HistGradientBoostingClassifier
-    from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import OrdinalEncoder
 
     categorical = list(schema.CATEGORICAL_FEATURES)
@@ -54,7 +82,7 @@ def build_model(train_params: dict[str, Any]) -> Pipeline:
         categorical_features=[c in categorical for c in columns],
         monotonic_cst=monotonic,
     )
-    return Pipeline([("encode", encode), ("classify", classifier)])
+    return _delay_model_class()([("encode", encode), ("classify", classifier)])  # type: ignore[no-any-return]
 
 
 def pip_requirements() -> list[str]:
@@ -67,6 +95,7 @@ def pip_requirements() -> list[str]:
 # Types skops refuses by default that our own pipeline contains. We only ever load models
 # this pipeline trained and logged itself (see docs/how-it-works.md, "model format").
 SKOPS_TRUSTED_TYPES = [
+    "pipelines.model.DelayModel",
     "functools.partial",
     "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
     "sklearn.utils.validation.check_array",

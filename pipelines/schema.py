@@ -48,6 +48,8 @@ SCHEDULE_FEATURES: tuple[str, ...] = (
 )  # fmt: skip
 WEATHER_FEATURES: tuple[str, ...] = WEATHER_COLUMNS
 NUMERIC_FEATURES: tuple[str, ...] = SCHEDULE_FEATURES + WEATHER_FEATURES
+# numbers that are counts, hours or minutes: a request with 1.5 for one of them is refused
+INTEGRAL_FEATURES: tuple[str, ...] = SCHEDULE_FEATURES
 FEATURES: tuple[str, ...] = CATEGORICAL_FEATURES + NUMERIC_FEATURES
 # Weather readings can be missing (the model takes NaN); the other features are computed
 # from required columns, so a request must carry them.

@@ -182,6 +182,8 @@ def request_model(signature: Any, max_instances: int) -> Any:
             if isinstance(allowed, tuple):
                 bounds.update(ge=allowed[0], le=allowed[1])
             number = Annotated[float, Field(**bounds)]
+            if name in schema.INTEGRAL_FEATURES:  # an hour, a minute of the day, a distance in miles
+                number = Annotated[number, AfterValidator(_whole)]  # type: ignore[assignment,misc]
             if name in schema.NULLABLE_FEATURES:  # e.g. a weather reading that is missing
                 fields[name] = (number | None, None)
             else:
@@ -194,6 +196,12 @@ def request_model(signature: Any, max_instances: int) -> Any:
         "PredictRequest", __config__=strict,
         instances=(Annotated[list[flight], Field(min_length=1, max_length=max_instances)], ...),  # type: ignore[valid-type]
     )  # fmt: skip
+
+
+def _whole(value: float) -> float:
+    if value != int(value):
+        raise ValueError(f"{value} is not a whole number")
+    return value
 
 
 def _known_code(name: str, allowed: frozenset[str]) -> Any:
@@ -650,6 +658,50 @@ def _errors(exc: Any) -> list[dict[str, Any]]:
     return out
 
 
+def openapi(app: Any, server: "Server") -> dict[str, Any]:
+    """OpenAPI with the request schema of the champion being served (it follows reloads):
+    /predict reads its body itself (for speed), so FastAPI cannot infer it."""
+    from fastapi.openapi.utils import get_openapi
+
+    version = server.champion.version if server.champion else None
+    cached = getattr(app.state, "openapi_cache", None)
+    if cached is not None and cached[0] == version:
+        return dict(cached[1])
+    spec = get_openapi(title=app.title, version=f"model {server.registry.name} v{version or '-'}",
+                       description=app.description, routes=app.routes)  # fmt: skip
+    schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+    if server.champion is not None:
+        body = server.champion.request_model.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(body.pop("$defs", {}))
+        schemas["PredictRequest"] = body
+    else:
+        schemas["PredictRequest"] = {"type": "object", "description": "no champion loaded yet"}
+    schemas["PredictResponse"] = {
+        "type": "object", "required": ["predictions", "model", "model_version", "request_id"],
+        "properties": {"predictions": {"type": "array", "items": {"type": "number", "minimum": 0, "maximum": 1},
+                                       "description": "P(arrival more than 15 minutes late, or not at all), per flight"},
+                       "model": {"type": "string"}, "model_version": {"type": "string"},
+                       "request_id": {"type": "string"}},
+    }  # fmt: skip
+    schemas["ValidationError422"] = {
+        "type": "object", "properties": {"error": {"type": "string", "description": "the first problems, each naming its field"},
+                                         "detail": {"type": "array", "items": {"type": "object"}}},
+    }  # fmt: skip
+    operation = spec["paths"]["/predict"]["post"]
+    operation["requestBody"] = {
+        "required": True,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/PredictRequest"}}},
+    }
+    operation["responses"] = {
+        "200": {"description": "the delay probability of each flight", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/PredictResponse"}}}},
+        "401": {"description": "missing or wrong API key"},
+        "422": {"description": "a field is wrong (named in `error`)", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ValidationError422"}}}},
+        "503": {"description": "no champion loaded yet"},
+    }  # fmt: skip
+    app.state.openapi_cache = (version, spec)
+    return spec
+
+
 def create_app(settings: Settings, params: Params) -> Any:
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse, Response
@@ -664,7 +716,12 @@ def create_app(settings: Settings, params: Params) -> Any:
         yield
         await server.stop()
 
-    app = FastAPI(title="mlops-flights", lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    from fastapi_offline import FastAPIOffline
+
+    # Swagger UI (/docs) and ReDoc (/redoc) from assets in the package: they work offline
+    app = FastAPIOffline(title="mlops-flights", description=__doc__.split("\n\n")[0], lifespan=lifespan,
+                         docs_url="/docs", redoc_url="/redoc")  # fmt: skip
+    app.openapi = lambda: openapi(app, server)  # type: ignore[method-assign]
     app.state.server = server
 
     @app.get("/health")

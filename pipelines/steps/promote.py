@@ -78,7 +78,10 @@ def promote_if_blessed(settings: Settings, params: Params, run_id: str | None = 
             f"the gate report is for run {gate['run_id']} but the trained model is run "
             f"{run_id or trained['run_id']}: re-run `mlops evaluate`"
         )
-    forced, reason = bool(cfg["force"]), str(cfg["reason"]).strip()  # force needs a reason: the settings schema
+    forced, reason = (
+        bool(cfg["force"]),
+        str(cfg["reason"]).strip(),
+    )  # force needs a reason: the settings schema
     named = str(cfg.get("expect", "")).strip().removeprefix("v")  # with force only (the settings schema)
 
     registry = Registry(settings, cfg["model_name"])

@@ -17,6 +17,7 @@ import logging
 import os
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 from pipelines import faults, schema
@@ -73,6 +74,7 @@ def train(settings: Settings, params: Params) -> dict[str, Any]:
     from mlflow.models import infer_signature
     from sklearn.metrics import log_loss, roc_auc_score
 
+    import pipelines
     from pipelines.model import SKOPS_TRUSTED_TYPES, build_model, pip_requirements
 
     layout = Layout.of(settings, params.get("validate.store"))
@@ -116,6 +118,8 @@ def train(settings: Settings, params: Params) -> dict[str, Any]:
             signature=infer_signature(X.head(200), proba[:200]),
             input_example=X.head(3), pip_requirements=pip_requirements(),
             skops_trusted_types=SKOPS_TRUSTED_TYPES,
+            # the model's class travels with it: `mlflow models serve` elsewhere can load it
+            code_paths=[str(Path(pipelines.__file__).parent)],
         )  # fmt: skip
         # the drift reference for monitoring: a sample of what this model was trained on,
         # with its own predictions, kept with the model so any machine can monitor it

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import VENV_BIN, train_champion, use_copy
+from tests.conftest import VENV_BIN, clone_workspace, train_champion
 from tests.services import free_port
 
 pytestmark = pytest.mark.e2e
@@ -64,8 +64,12 @@ def two_versions(january_template: Path, tmp_path_factory: pytest.TempPathFactor
 
 @pytest.fixture
 def served(two_versions: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private copy of the two-version workspace (its MLflow state moved with it)."""
     monkeypatch.delenv("MLOPS_SERVE_API_KEY", raising=False)
-    return use_copy(two_versions, tmp_path / "ws", monkeypatch)
+    root = clone_workspace(two_versions, tmp_path / "ws")
+    monkeypatch.setenv("MLOPS_PROJECT_DIR", str(root))
+    monkeypatch.chdir(root)
+    return root
 
 
 def flights(root: Path, rows: int, day: str = "2013-01-31") -> list[dict[str, Any]]:
@@ -125,6 +129,8 @@ def test_predict_and_schema_errors_name_the_field(served: Path) -> None:
             ({"instances": [{**good, "dest": "XXX"}]}, "instances[0].dest", "'XXX' is not a known dest code"),
             ({"instances": [{**good, "distance": "far"}]}, "instances[0].distance", "valid number"),
             ({"instances": [{**good, "distance": None}]}, "instances[0].distance", "valid number"),
+            ({"instances": [{**good, "month": 1.5}]}, "instances[0].month", "1.5 is not a whole number"),
+            ({"instances": [{**good, "sched_dep_hour": 5.7}]}, "instances[0].sched_dep_hour", "not a whole number"),
             ({"instances": [{**good, "seats": 180}]}, "instances[0].seats", "Extra inputs are not permitted"),
             ({"instances": []}, "instances", "at least 1 item"),
             ({"instances": [good] * 201}, "instances", "at most 200 items"),
@@ -151,6 +157,84 @@ def test_predict_and_schema_errors_name_the_field(served: Path) -> None:
         assert (
             'mlops_serve_request_latency_seconds_bucket{le="0.015",model_version="1",outcome="ok"}' in metrics
         )
+
+
+def test_docs_work_offline_and_openapi_has_the_request_schema(served: Path) -> None:
+    """Swagger UI and ReDoc load their assets from the server itself (no CDN: blank pages
+    offline otherwise); openapi.json describes the body /predict takes, for the champion served."""
+    import re
+
+    with app_client() as client:
+        for page in ("/docs", "/redoc"):
+            html = client.get(page).text
+            assets = re.findall(r'(?:src|href)="([^"]+\.(?:js|css))"', html)
+            assert assets, (page, html[:500])
+            for asset in assets:
+                assert asset.startswith("/"), f"{page} loads {asset} from elsewhere"
+                assert client.get(asset).status_code == 200, asset
+        spec = client.get("/openapi.json").json()
+        body = spec["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+        assert body == {"$ref": "#/components/schemas/PredictRequest"}
+        flight = spec["components"]["schemas"]["Flight"]
+        assert flight["additionalProperties"] is False and "carrier" in flight["required"]
+        assert flight["properties"]["month"]["maximum"] == 12
+        assert spec["paths"]["/predict"]["post"]["responses"]["422"]["description"].startswith(
+            "a field is wrong"
+        )
+
+
+def test_mlflow_models_serve_answers_the_same_probabilities(served: Path, tmp_path: Path) -> None:
+    """The registered model's own server (`mlflow models serve`) and `mlops serve` give the
+    same delay probabilities for 20 real flights: the pyfunc flavour predicts P(late)."""
+    import urllib.request
+
+    from pipelines.config import Settings, load_params
+    from pipelines.steps.evaluate import evaluate
+    from pipelines.steps.featurize import featurize
+    from pipelines.steps.promote import promote_if_blessed
+    from pipelines.steps.train import train
+
+    settings = Settings()
+    params = load_params(settings, ["promote.force=true", "promote.reason=a model with the pyfunc convention",
+                                    "promote.expect=1", "train.random_state=5"])  # fmt: skip
+    featurize(settings, params)
+    train(settings, params)
+    evaluate(settings, params)
+    champion = promote_if_blessed(settings, params)["champion"]
+    rows = flights(served, 20, day="2013-01-30")
+    port = free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": settings.mlflow_uri}
+    proc = subprocess.Popen([str(VENV_BIN / "mlflow"), "models", "serve", "-m", f"models:/{MODEL}@champion",
+                             "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=5):
+                    break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, (
+                    proc.stderr.read() if proc.stderr else ""
+                )
+                time.sleep(1)
+        columns = list(rows[0])
+        payload = {"dataframe_split": {"columns": columns, "data": [[r[c] for c in columns] for r in rows]}}
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=json.dumps(payload).encode(),
+                                         headers={"Content-Type": "application/json"})  # fmt: skip
+        with urllib.request.urlopen(request, timeout=60) as answer:
+            theirs = json.loads(answer.read())["predictions"]
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(timeout=30)
+    with app_client() as client:
+        deadline = time.monotonic() + 30
+        while client.get("/ready").json()["loaded"] != champion:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        ours = client.post("/predict", json={"instances": rows}).json()["predictions"]
+    assert all(isinstance(p, float) and 0 <= p <= 1 for p in theirs), theirs[:5]
+    assert [round(p, 6) for p in theirs] == ours
 
 
 def test_direct_path_gives_the_pipelines_answers(served: Path) -> None:
