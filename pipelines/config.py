@@ -57,6 +57,21 @@ class Settings(BaseSettings):
     # An unreachable tracking server fails a command within about this many seconds.
     registry_timeout_s: float = Field(default=30.0, gt=0, le=3600)
 
+    def model_post_init(self, __context: Any) -> None:
+        """Inside a DVC experiment's workspace (``dvc exp run --temp`` or ``--queue`` run the
+        stages in ``<project>/.dvc/tmp/exps/<exp>/``), the workspace is that folder and the
+        home is the project: the experiment logs to the project's tracking store, gates
+        against its champion and uses its audit log, instead of a throw-away copy's."""
+        if self.home is not None:
+            return
+        cwd = Path.cwd().resolve()
+        parts = cwd.parts
+        for i in range(len(parts) - 3):
+            if parts[i : i + 3] == (".dvc", "tmp", "exps"):
+                self.home = Path(*parts[:i])
+                self.project_dir = cwd
+                return
+
     @property
     def root(self) -> Path:
         return self.project_dir.resolve()
