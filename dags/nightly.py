@@ -12,6 +12,7 @@ if os.path.dirname(os.path.abspath(__file__)) not in sys.path:  # the factory be
 from step_operator import (
     BATCH_DATE,
     DAG_KWARGS,
+    INGEST_DATE,
     schedule_from_env,
     step_result,
     step_task,
@@ -26,9 +27,13 @@ Scheduled at 03:00 UTC (`MLOPS_NIGHTLY_CRON` changes it; `none` = manual/backfil
 
 `ingest -> validate -> score -> monitor -> signal_retraining`
 
-- **Batch date**: the `date` Param when set; otherwise the logical date. 2013 logical dates
-  map to themselves, so `airflow backfill create --dag-id nightly --from-date 2013-02-01
-  --to-date 2013-02-28` replays February; any other date maps to the same day of 2013.
+- **Batch date**: the `date` Param when set; a 2013 logical date (a backfill:
+  `airflow backfill create --dag-id nightly --from-date 2013-02-01 --to-date 2013-02-28
+  --max-active-runs 1`, see docs/runbooks/backfill.md); otherwise the **replay clock**: the
+  day after the newest day already landed (validated or quarantined), a day left in
+  `data/incoming` by a run that did not finish, or `ingest.replay_start` on an empty store.
+  Past 2013-12-31 ingest exits 99 and the run is skipped. The other tasks use the day ingest
+  landed.
 - **ingest/validate**: the day's flights (package replay or landing zone) and the GX suite;
   a failing batch is quarantined and the run fails with the reason (alert sent).
 - **score**: the champion scores the day (prediction log). **monitor**: Evidently drift of the
@@ -49,16 +54,16 @@ Every task is idempotent per batch date. Runbook: docs/runbooks/drift.md.
     doc_md=DOC,
     params={
         "date": Param(
-            "",
-            type="string",
-            pattern=r"^(|2013-\d{2}-\d{2})$",
+            None,
+            type=["null", "string"],
+            pattern=r"^2013-\d{2}-\d{2}$",
             title="Batch date",
-            description="A 2013 day (YYYY-MM-DD) to replay; empty = from the logical date.",
+            description="A 2013 day (YYYY-MM-DD) to replay; empty = the replay clock's next day.",
         ),
     },
 )
 def nightly() -> None:
-    ingest = step_task("ingest", "--date", BATCH_DATE)
+    ingest = step_task("ingest", "--date", INGEST_DATE)
     validate = step_task("validate", "--date", BATCH_DATE)
     score = step_task("score", "--date", BATCH_DATE)
     monitor = step_task("monitor", "--date", BATCH_DATE)
@@ -66,11 +71,18 @@ def nightly() -> None:
     @task(outlets=[DRIFT])
     def signal_retraining(ti=None):  # type: ignore[no-untyped-def]
         """Emit the drift Asset event when monitor found a breach; skip otherwise."""
+        import logging
+
         from airflow.sdk.exceptions import AirflowSkipException
 
         result = step_result(ti.xcom_pull(task_ids="monitor"))
         if not result.get("breach"):
             raise AirflowSkipException(f"no breach on {result.get('date')}: no retraining needed")
+        logging.getLogger("mlops.signal").warning(
+            "breach on %s (champion v%s): %s -> retrain (drift report: reports/monitor/%s/drift.html)",
+            result.get("date"), result.get("champion_version"), "; ".join(result.get("reasons") or []),
+            result.get("date"),
+        )  # fmt: skip
         yield Metadata(
             DRIFT, {k: result.get(k) for k in ("date", "reasons", "drift_share", "champion_version", "live")}
         )

@@ -10,7 +10,7 @@ from airflow.timetables.trigger import CronTriggerTimetable
 
 if os.path.dirname(os.path.abspath(__file__)) not in sys.path:  # the factory beside this file
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from step_operator import DAG_KWARGS, RETRAIN_RUN, schedule_from_env, step_result, step_task
+from step_operator import DAG_KWARGS, TRAINED_RUN, schedule_from_env, step_result, step_task
 
 from pipelines.params_schema import form_param
 
@@ -18,21 +18,26 @@ DRIFT = Asset(name="flight_delay_drift", uri="mlops://flight-delay/drift")
 SAFETY_NET = schedule_from_env("MLOPS_RETRAIN_CRON", "0 4 * * 0")  # weekly even without drift
 
 DOC = """
-### retrain: featurize -> train -> evaluate (via `dvc repro`) -> promote
+### retrain: featurize -> train -> evaluate (the gate) -> register -> promote -> announce
 
 Runs when `nightly` emits the `flight_delay_drift` Asset event, every Sunday at 04:00 UTC as
 a safety net (`MLOPS_RETRAIN_CRON`; `none` = on drift and by hand only), and by hand with the
 form below. Empty fields keep the `params.yaml` value.
 
-- `retrain` runs `dvc repro` under the workspace lock (a nightly ingest waits). With Params,
-  it runs in a private copy of the workspace whose params.yaml has them: the project's
-  params.yaml is never edited (a killed run leaves it untouched); MLflow records them.
-- `promote` consumes the gate report of that run (its MLflow `gate/` artifacts): exit 0 =
-  promoted (or already the champion); exit 99 = refused, the task is *skipped* and the
-  champion is unchanged. The candidate must load and predict in a fresh process first, the
-  move is a compare-and-set under the registry lock, and it is recorded in the audit log
-  with the user who triggered this run. `announce` then reports the new champion.
-- At most one run at a time (`max_active_runs=1`).
+- `featurize`, `train`, `evaluate`: one DVC stage each (`mlops retrain --stage ...` runs
+  `dvc repro --single-item`: DVC's cache decides whether a stage runs), under the workspace
+  lock (a nightly ingest waits). With Params, every stage of the run runs in the run's
+  private copy of the workspace whose params.yaml has them: the project's params.yaml is
+  never edited (a killed run leaves it untouched); MLflow records them.
+- `evaluate` is the gate: when it refuses the model, the task is *skipped* (exit 99) with the
+  failed checks in its log, and `promote` and `announce` are skipped; unless the promotion is
+  forced with a reason.
+- `register` always runs after the gate: the model becomes the challenger, and the audit log
+  records the gate's verdict.
+- `promote` moves the champion to it: the candidate must load and predict in a fresh process
+  first, the move is a compare-and-set under the registry lock, recorded in the audit log with
+  the user who triggered this run. `announce` reports the new champion.
+- At most one run at a time (`max_active_runs=1`). Runbook: docs/runbooks/drift.md.
 """
 
 
@@ -58,13 +63,25 @@ form below. Empty fields keep the `params.yaml` value.
         "max_auc_drop": Param(
             None, **form_param("evaluate.max_auc_drop", title="Gate: allowed ROC AUC drop vs champion")
         ),
-        "force_promote": Param(False, **form_param("promote.force", title="Force promotion")),
-        "reason": Param(None, **form_param("promote.reason", title="Reason (recorded in the audit trail)")),
+        # one field, so the form needs no rule between two: a reason forces the promotion
+        "force_reason": Param(
+            None,
+            **form_param(
+                "promote.reason",
+                title="Force the promotion, because ...",
+                description="Empty: the gate decides. A reason (3 characters or more) promotes the model even "
+                "if the gate refuses it; the reason is recorded in the audit log.",
+            ),
+        ),
     },
 )
 def retrain() -> None:
-    retrain_step = step_task("retrain")
-    promote = step_task("promote", "--run", RETRAIN_RUN)
+    featurize = step_task("retrain", "--stage", "featurize", task_id="featurize")
+    train = step_task("retrain", "--stage", "train", task_id="train")
+    evaluate = step_task("retrain", "--stage", "evaluate", task_id="evaluate")
+    # after the gate, refused or not: the model is the challenger, the verdict recorded
+    register = step_task("register", "--run", TRAINED_RUN, task_id="register", trigger_rule="none_failed")
+    promote = step_task("promote", "--run", TRAINED_RUN)  # skipped with the gate's refusal
 
     @task
     def announce(ti=None):  # type: ignore[no-untyped-def]
@@ -75,7 +92,8 @@ def retrain() -> None:
         logging.getLogger("mlops.announce").info("new champion v%s: %s", result.get("champion"), result)
         return result
 
-    retrain_step >> promote >> announce()
+    featurize >> train >> evaluate >> register >> promote >> announce()
+    evaluate >> promote
 
 
 retrain()

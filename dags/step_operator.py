@@ -44,12 +44,14 @@ PASSTHROUGH = (
     "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
 )  # fmt: skip
 
-# The batch date of a run: the `date` Param when given, else the run's logical date
-# (or, for manual runs without one, when it was triggered) mapped onto 2013.
-BATCH_DATE = "{{ batch_date(dag_run, params) }}"
+# The day a nightly run replays: the `date` Param when given, a 2013 logical date (a
+# backfill over 2013), else the replay clock's next day (`mlops ingest --date next`). The
+# other tasks of the run use the day ingest landed (its result), never a date of their own.
+INGEST_DATE = "{{ batch_date(dag_run, params) }}"
+BATCH_DATE = "{{ step_result(ti.xcom_pull(task_ids='ingest')).get('date') }}"
 OVERRIDES = "{{ overrides_json(params) }}"
-# The MLflow run a task of the same DAG run produced (e.g. the retrain whose gate promote consumes)
-RETRAIN_RUN = "{{ step_result(ti.xcom_pull(task_ids='retrain')).get('run_id', '') }}"
+# The MLflow run the train task of the same DAG run produced (register and promote take it)
+TRAINED_RUN = "{{ step_result(ti.xcom_pull(task_ids='train')).get('run_id', '') }}"
 # Who acts: the user who triggered the run (Airflow authenticated them), or the kind of run
 # (scheduled, asset_triggered, backfill) when nobody did. Recorded in the registry's audit log.
 ACTOR_ENV = {
@@ -60,21 +62,17 @@ ACTOR_ENV = {
 
 
 def batch_date(dag_run: Any, params: dict[str, Any] | None = None) -> str:
-    """One logical date = one day of 2013 replayed: 2013 dates map to themselves (backfills
-    over 2013 replay history); any other date maps to the same month and day of 2013 (so a
-    nightly schedule today replays the same calendar day of 2013; 29 February -> 28)."""
+    """What ingest lands: the `date` Param, or a 2013 logical date (backfills over 2013 replay
+    history), or "next": the replay clock (the day after the newest landed day). A scheduled
+    run today never maps today's calendar date onto 2013: unpausing, catching up or a backfill
+    over other years cannot insert a far-away day into the history."""
     explicit = (params or {}).get("date")
     if explicit:
         return str(explicit)
-    when = (
-        getattr(dag_run, "logical_date", None)
-        or getattr(dag_run, "run_after", None)
-        or dt.datetime.now(dt.UTC)
-    )
-    if when.year == REPLAY_YEAR:
+    when = getattr(dag_run, "logical_date", None)
+    if when is not None and when.year == REPLAY_YEAR:
         return when.date().isoformat()
-    day = min(when.day, 28) if when.month == 2 else when.day
-    return dt.date(REPLAY_YEAR, when.month, day).isoformat()
+    return "next"
 
 
 def step_result(raw: Any) -> dict[str, Any]:
@@ -94,18 +92,19 @@ PARAM_KEYS = {
     "window_days": "data.window_days", "window_end": "data.window_end",
     "learning_rate": "train.learning_rate", "max_iter": "train.max_iter",
     "max_leaf_nodes": "train.max_leaf_nodes", "min_roc_auc": "evaluate.min_roc_auc",
-    "max_auc_drop": "evaluate.max_auc_drop", "force_promote": "promote.force",
-    "reason": "promote.reason", "rollback_to": "rollback.to", "rollback_reason": "rollback.reason",
+    "max_auc_drop": "evaluate.max_auc_drop", "force_reason": "promote.reason",
+    "rollback_to": "rollback.to", "rollback_reason": "rollback.reason",
     "expected_champion": "rollback.expect",
 }  # fmt: skip
 
 
 def overrides_json(params: dict[str, Any] | None) -> str:
-    chosen = {
-        PARAM_KEYS[name]: value
-        for name, value in (params or {}).items()
-        if name in PARAM_KEYS and value not in (None, "") and not (name == "force_promote" and value is False)
-    }
+    """A run's Params as ``section.key`` overrides; empty fields keep params.yaml's values, and
+    a forcing reason also sets ``promote.force``."""
+    chosen = {PARAM_KEYS[name]: value for name, value in (params or {}).items()
+              if name in PARAM_KEYS and value not in (None, "")}  # fmt: skip
+    if chosen.get("promote.reason"):
+        chosen["promote.force"] = True
     return json.dumps(chosen)
 
 

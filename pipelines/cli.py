@@ -46,11 +46,19 @@ def _build_parser() -> argparse.ArgumentParser:
             p.add_argument("--dates", help="an inclusive range FIRST:LAST (backfill)")
         return p
 
-    step("ingest", "land a day's flights (joined with weather) as a batch file", dated=True)
+    step("ingest", "land a day's flights (joined with weather) as a batch file; --date next: the replay "
+         "clock's next day", dated=True)  # fmt: skip
     step("validate", "validate landed batches; passing ones join the DVC-tracked data", dated=True)
     step("score", "score a validated day's flights with the champion (prediction log)", dated=True)
     step("monitor", "drift (Evidently) and live performance of the champion for a day", dated=True)
-    step("retrain", "dvc repro the training core on a locked snapshot, with --set overrides")
+    rt = step("retrain", "dvc repro the training core on a locked snapshot, with --set overrides")
+    rt.add_argument("--stage", choices=["featurize", "train", "evaluate"],
+                    help="one DVC stage only (the retrain DAG runs one task per stage); evaluate exits 99 "
+                    "when the gate refuses (unless the promotion is forced)")  # fmt: skip
+    rg = step("register", "register an evaluated model as the challenger and record the gate's verdict")
+    rg.add_argument(
+        "--run", dest="run_id", required=True, help="the MLflow run whose model and gate report to take"
+    )
     step("featurize", "select the training window and build features (DVC stage)")
     step("train", "fit the model on the window and log it to MLflow (DVC stage)")
     ev = step("evaluate", "gate the trained model: floors, champion on the same holdout, slices")
@@ -164,6 +172,8 @@ def _days(args: argparse.Namespace) -> list[Any]:
 def _run_ingest(settings: Any, params: Any, args: argparse.Namespace) -> Any:
     from pipelines.steps.ingest import ingest
 
+    if args.date == "next" and not args.dates:  # the replay clock (scheduled nightly runs)
+        return ingest(settings, params, None)
     return ingest(settings, params, _days(args))
 
 
@@ -195,9 +205,34 @@ def _run_monitor(settings: Any, params: Any, args: argparse.Namespace) -> Any:
 
 
 def _run_retrain(settings: Any, params: Any, args: argparse.Namespace) -> Any:
+    from pipelines.errors import Skipped
     from pipelines.steps.retrain import retrain
 
-    return retrain(settings, params)
+    result = retrain(settings, params, args.stage)
+    if args.stage == "evaluate" and result["verdict"] == "refused":
+        line = (
+            f"gate refused run {result['run_id'][:8]} against {_v(result['champion_before'])}: "
+            + ", ".join(result["failed_checks"])
+        )
+        if params.get("promote.force"):
+            print(
+                f"{line}; the promotion is forced (promote.reason: {params.get('promote.reason')})",
+                file=sys.stderr,
+            )
+        else:  # the task shows the refusal and what follows is skipped (register still runs)
+            print(json.dumps(result, default=str))
+            raise Skipped(f"{line}; see {result['gate_report']}")
+    return result
+
+
+def _v(version: str | None) -> str:
+    return f"v{version}" if version else "no champion"
+
+
+def _run_register(settings: Any, params: Any, args: argparse.Namespace) -> Any:
+    from pipelines.steps.promote import register
+
+    return register(settings, params, args.run_id)
 
 
 def _run_featurize(settings: Any, params: Any, args: argparse.Namespace) -> Any:
@@ -264,6 +299,7 @@ _RUNNERS: dict[str, Callable[[Any, Any, argparse.Namespace], Any]] = {
     "train": _run_train,
     "evaluate": _run_evaluate,
     "promote": _run_promote,
+    "register": _run_register,
     "rollback": _run_rollback,
     "status": _run_status,
     "audit": _run_audit,

@@ -31,6 +31,7 @@ def _iso_day(value: Any) -> Any:
 
 Day = Annotated[str, BeforeValidator(_iso_day)]
 Version = Annotated[str, BeforeValidator(lambda v: str(v) if isinstance(v, int) else v)]
+REASON = r"^(|[\s\S]{3,})$"  # none, or a few words: "ok" says nothing in an audit log
 
 
 class Section(BaseModel):
@@ -43,6 +44,8 @@ class Ingest(Section):
     )
     landing_uri: str = Field(pattern=r"^(|file://.+|s3://.+|/.+)$",
                              description="file:///path/to/drops or s3://bucket/prefix (YYYY-MM-DD.csv|.parquet)")  # fmt: skip
+    replay_start: Day = Field(pattern=r"^\d{4}-\d{2}-\d{2}$",
+                              description="the first day a scheduled run replays when nothing was landed yet")  # fmt: skip
 
     @model_validator(mode="after")
     def _landing_needs_a_place(self) -> Ingest:
@@ -80,6 +83,10 @@ class Validate(Section):
         le=1,
         description="the largest change of a carrier's or airport's share of the day vs the history",
     )
+    data_docs: bool = Field(
+        description="render GX Data Docs for every batch (rejected batches always get them); "
+        "off saves ~0.1 s per day in a long backfill"
+    )
 
     @model_validator(mode="after")
     def _bounds_in_order(self) -> Validate:
@@ -104,8 +111,18 @@ class Data(Section):
         ge=0, le=600, description="late = arriving more than this many minutes late (or not at all)"
     )
 
+    max_gap_days: int = Field(
+        ge=0, le=30, description="days missing between two window days, at most (a quarantined day is 1)"
+    )
+    min_window_days: int = Field(
+        ge=2, le=366, description="a window shortened by a gap in the history needs at least this many days"
+    )
+
     @model_validator(mode="after")
     def _holdout_inside_window(self) -> Data:
+        if self.min_window_days <= self.holdout_days < self.window_days:
+            raise ValueError(f"data.holdout_days = {self.holdout_days} must be less than data.min_window_days = "
+                             f"{self.min_window_days} (a shortened window still needs training days)")  # fmt: skip
         if self.holdout_days >= self.window_days:
             raise ValueError(f"data.holdout_days = {self.holdout_days} must be less than data.window_days = "
                              f"{self.window_days} (the holdout is the last days of the window)")  # fmt: skip
@@ -144,7 +161,7 @@ class Evaluate(Section):
 class Promote(Section):
     model_name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$", description="the registered model")
     force: bool = Field(description="promote even if the gate refused (needs a reason)")
-    reason: str = Field(max_length=1000, description="why (recorded in the audit log)")
+    reason: str = Field(max_length=1000, pattern=REASON, description="why (recorded in the audit log)")
     expect: Version = Field(
         pattern=r"^(|none|v?[0-9]+)$", description="with force: the champion being replaced"
     )
@@ -169,7 +186,7 @@ class Promote(Section):
 class Rollback(Section):
     expect: Version = Field(pattern=r"^(|v?[0-9]+)$", description="the champion being replaced")
     to: Version = Field(pattern=r"^(previous|v?[0-9]+)$", description="'previous' or a version number")
-    reason: str = Field(max_length=1000, description="why (recorded in the audit log)")
+    reason: str = Field(max_length=1000, pattern=REASON, description="why (recorded in the audit log)")
 
 
 class Monitor(Section):
@@ -276,7 +293,10 @@ def _describe(
     key = f"{section}.{loc[0]}"
     value = given.get(loc[0]) if isinstance(given, dict) else None
     source = origin.get(key, "params.yaml")
-    return f"{source}: {key} = {value!r} is not allowed: {error['msg'].lower()} (allowed: {allowed(model, loc[0])})"
+    message = error["msg"][:1].lower() + error["msg"][1:]
+    if error["type"] == "string_pattern_mismatch":
+        message = "it does not have the allowed form"
+    return f"{source}: {key} = {value!r} is not allowed: {message} (allowed: {allowed(model, loc[0])})"
 
 
 def allowed(model: type[Section], field: str) -> str:
@@ -307,6 +327,8 @@ def _words(spec: dict[str, Any]) -> str:
     ):
         if key in spec:
             bounds.append(f"{symbol} {spec[key]}")
+    if spec.get("pattern") == REASON:
+        return "nothing, or a reason of 3 characters or more"
     if "pattern" in spec:
         bounds.append(f"matching {spec['pattern']}")
     if "maxLength" in spec:

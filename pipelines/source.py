@@ -41,12 +41,24 @@ class FlightSource(Protocol):
         """The file the batch was read from, if any (kept with a quarantined batch)."""
         ...
 
+    def last_day(self) -> dt.date | None:
+        """The last day the source has, when it is known (a replay ends there)."""
+        ...
+
 
 @functools.cache
 def _package_flights() -> pd.DataFrame:
     import pandas as pd
 
     return pd.read_csv(schema.package_data_dir() / "flights.csv.zip")
+
+
+@functools.cache
+def _package_last_day() -> dt.date:
+    flights = _package_flights()
+    key = flights["year"] * 10_000 + flights["month"] * 100 + flights["day"]
+    last = int(key.max())
+    return dt.date(last // 10_000, last // 100 % 100, last % 100)
 
 
 @functools.cache
@@ -69,6 +81,9 @@ class PackageSource:
 
     def raw_file(self, day: dt.date) -> Path | None:
         return None
+
+    def last_day(self) -> dt.date | None:
+        return _package_last_day()
 
 
 class LandingZoneSource:
@@ -105,6 +120,9 @@ class LandingZoneSource:
             atomic_write_bytes(self.cache_dir / name, data)
             return self.cache_dir / name
         return None
+
+    def last_day(self) -> dt.date | None:
+        return None  # drops keep coming
 
     def fetch(self, day: dt.date) -> pd.DataFrame:
         import pandas as pd

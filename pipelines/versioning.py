@@ -50,8 +50,10 @@ def run_dvc(
     held.note_child(proc.pid)
     stdout, stderr = proc.communicate()
     if proc.returncode != 0:
-        message = (stderr or stdout).strip().splitlines()
-        raise RuntimeError(f"`dvc {' '.join(args)}` failed: {message[-1] if message else proc.returncode}")
+        lines = [line.strip() for line in f"{stdout}\n{stderr}".splitlines() if line.strip()]
+        errors = [line.removeprefix("ERROR:").strip() for line in lines if line.startswith("ERROR")]
+        reason = errors[-1] if errors else (lines[-1] if lines else f"exit {proc.returncode}")
+        raise RuntimeError(f"`dvc {' '.join(args)}` failed: {reason}")
     return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
 
 

@@ -41,17 +41,43 @@ class Window:
 
 
 def select_window(
-    validated: list[dt.date], window_days: int, window_end: str, holdout_days: int
+    validated: list[dt.date],
+    window_days: int,
+    window_end: str,
+    holdout_days: int,
+    max_gap_days: int = 2,
+    min_window_days: int = 14,
 ) -> list[dt.date]:
-    """The last ``window_days`` validated days up to ``window_end`` ("" = newest)."""
+    """The training window: the most recent run of validated days up to ``window_end`` ("" =
+    newest), at most ``window_days`` long, in which consecutive days are at most
+    ``max_gap_days`` calendar days apart beyond the next (a quarantined day is a gap of one).
+    A window never spans a hole in the history (e.g. January and then July): it stops at the
+    first larger gap, and is refused if that leaves fewer than ``min_window_days`` days (or
+    ``window_days``, if less)."""
     if window_end:
         end = dt.date.fromisoformat(window_end)
         validated = [d for d in validated if d <= end]
-    chosen = validated[-window_days:]
+    chosen = validated[-1:]
+    for day in reversed(validated[:-1]):
+        if len(chosen) == window_days or (chosen[0] - day).days - 1 > max_gap_days:
+            break
+        chosen.insert(0, day)
     if len(chosen) <= holdout_days:
         raise StepError(
             f"training window has {len(chosen)} validated day(s) up to {window_end or 'now'}; "
             f"need more than data.holdout_days={holdout_days} (ingest and validate more days)"
+        )
+    needed = min(window_days, min_window_days)
+    if len(chosen) < needed:
+        before = [d for d in validated if d < chosen[0]]
+        hole = (
+            f"; before {chosen[0]} the history stops at {before[-1]} ({(chosen[0] - before[-1]).days - 1} days missing)"
+            if before
+            else ""
+        )
+        raise StepError(
+            f"training window {chosen[0]}..{chosen[-1]} has {len(chosen)} contiguous validated day(s), "
+            f"fewer than {needed} (data.min_window_days){hole}: validate the missing days or set data.window_end"
         )
     return chosen
 
@@ -61,7 +87,11 @@ def featurize(settings: Settings, params: Params) -> Window:
 
     cfg = params.section("data")
     layout = Layout.of(settings, params.get("validate.store"))
-    days = select_window(layout.validated_days(), cfg["window_days"], cfg["window_end"], cfg["holdout_days"])
+    days = select_window(layout.validated_days(), cfg["window_days"], cfg["window_end"], cfg["holdout_days"],
+                         cfg["max_gap_days"], cfg["min_window_days"])  # fmt: skip
+    if len(days) < cfg["window_days"]:
+        log.warning("featurize: the window has %d contiguous validated days, not the %d asked for (it starts "
+                    "after a gap in the history)", len(days), cfg["window_days"])  # fmt: skip
 
     if layout.window.exists():
         shutil.rmtree(layout.window)

@@ -2,6 +2,12 @@
 
 Idempotent per date: landing the same day again rewrites the same batch. A drop that
 cannot be read is quarantined with the reason and the step fails for that day.
+
+``--date next`` is the replay clock of a scheduled run: the day after the newest day already
+landed (validated or quarantined), or a day still waiting in ``data/incoming/`` (a run that
+did not finish), or ``ingest.replay_start`` on an empty store; past the source's last day it
+exits 99 (nothing to replay: downstream skipped). So unpausing the DAG, a catch-up or a
+backfill never lands a far-away day: the history stays contiguous.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ import logging
 from dataclasses import dataclass, field
 
 from pipelines.config import Params, Settings
-from pipelines.errors import BatchRejected, StepError
+from pipelines.errors import BatchRejected, Skipped, StepError
 from pipelines.layout import Layout
 from pipelines.publish import publish_tree
 from pipelines.quarantine import quarantine_batch, rejection_line
@@ -25,13 +31,29 @@ log = logging.getLogger(__name__)
 class IngestResult:
     landed: dict[str, int] = field(default_factory=dict)  # day -> rows
     rejected: dict[str, str] = field(default_factory=dict)  # day -> reason line
+    date: str | None = None  # the day of a one-day run (what the next tasks of a nightly run use)
 
 
-def ingest(settings: Settings, params: Params, days: list[dt.date]) -> IngestResult:
+def next_day(layout: Layout, replay_start: str) -> dt.date:
+    """The replay clock: a landed day still waiting for validation, else the day after the
+    newest day that was validated or quarantined, else ``replay_start``."""
+    waiting = (
+        sorted(dt.date.fromisoformat(p.stem) for p in layout.incoming.glob("????-??-??.parquet"))
+        if layout.incoming.is_dir()
+        else []
+    )
+    if waiting:
+        return waiting[0]
+    landed = [*layout.validated_days(), *layout.quarantined_days()]
+    return max(landed) + dt.timedelta(days=1) if landed else dt.date.fromisoformat(replay_start)
+
+
+def ingest(settings: Settings, params: Params, days: list[dt.date] | None) -> IngestResult:
     """Land each day of ``days`` into ``data/incoming/<day>.parquet``.
 
-    Raises :class:`BatchRejected` (after landing the others) if any day was unreadable,
-    and :class:`StepError` if a day has no drop at all.
+    ``days`` None: the replay clock's next day (see the module docstring). Raises
+    :class:`BatchRejected` (after landing the others) if any day was unreadable, and
+    :class:`StepError` if a day has no drop at all.
     """
     import pandas as pd
 
@@ -42,6 +64,15 @@ def ingest(settings: Settings, params: Params, days: list[dt.date]) -> IngestRes
     except ValueError as exc:
         raise StepError(str(exc)) from None
     result = IngestResult()
+    if days is None:
+        day = next_day(layout, cfg["replay_start"])
+        last = source.last_day()
+        if last is not None and day > last:
+            raise Skipped(f"nothing left to replay: the source's last day is {last} and it was landed")
+        log.info("ingest: the replay clock's next day is %s", day)
+        days = [day]
+    if len(days) == 1:
+        result.date = days[0].isoformat()
     for day in days:
         try:
             flights = source.fetch(day)

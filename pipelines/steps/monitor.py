@@ -246,4 +246,5 @@ def monitor(settings: Settings, params: Params, day: dt.date) -> dict[str, Any]:
     log.info("monitor %s: drift share %.2f (%s), prediction drift %s, live %s -> %s", day, share,
              ", ".join(summary["drifted_features"]) or "none", prediction.get("drifted"),
              "n/a" if live is None else f"auc {live['roc_auc']:.3f}", "BREACH" if reasons else "ok")  # fmt: skip
+    log.info("monitor %s: Evidently report: %s", day, (out_dir / "drift.html").resolve().as_uri())
     return {k: v for k, v in summary.items() if k != "columns"}

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -69,22 +70,32 @@ def load_blessing(
     return gate, trained
 
 
-def promote_if_blessed(settings: Settings, params: Params, run_id: str | None = None) -> dict[str, Any]:
-    layout = Layout.of(settings, params.get("validate.store"))
-    cfg = params.section("promote")
+@dataclass
+class Candidate:
+    """An evaluated model, registered: what register and promote act on."""
+
+    registry: Registry
+    version: str
+    gate: dict[str, Any]
+    trained: dict[str, Any]
+    failed: list[str]
+    fingerprint: str
+
+    @property
+    def gate_info(self) -> dict[str, Any]:
+        return {"run_id": self.trained["run_id"], "verdict": self.gate["verdict"], "failed_checks": self.failed,
+                "report": f"runs:/{self.trained['run_id']}/gate/gate.json", "evaluated_at": self.gate["evaluated_at"]}  # fmt: skip
+
+
+def registered_candidate(settings: Settings, params: Params, layout: Layout, run_id: str | None) -> Candidate:
+    """Read the blessing, register the model (once per run) as ``challenger``."""
     gate, trained = load_blessing(settings, layout, run_id)
     if gate["run_id"] != trained["run_id"] or (run_id and gate["run_id"] != run_id):
         raise StepError(
             f"the gate report is for run {gate['run_id']} but the trained model is run "
             f"{run_id or trained['run_id']}: re-run `mlops evaluate`"
         )
-    forced, reason = (
-        bool(cfg["force"]),
-        str(cfg["reason"]).strip(),
-    )  # force needs a reason: the settings schema
-    named = str(cfg.get("expect", "")).strip().removeprefix("v")  # with force only (the settings schema)
-
-    registry = Registry(settings, cfg["model_name"])
+    registry = Registry(settings, params.get("promote.model_name"))
     failed = [c["name"] for c in gate["checks"] if c["verdict"] == "fail"]
     fingerprint = trained.get("fingerprint", "")
     version, _ = registry.register(
@@ -100,12 +111,53 @@ def promote_if_blessed(settings: Settings, params: Params, run_id: str | None = 
             "mlops.gate_report": f"runs:/{trained['run_id']}/gate/gate.json",
         },
     )  # fmt: skip
+    return Candidate(registry, version.version, gate, trained, failed, fingerprint)
+
+
+def record_verdict(candidate: Candidate, records: list[dict[str, Any]], expected: str | None) -> None:
+    """Under the lock: the registration, and a refused gate's refusal (once each)."""
+    registry, version = candidate.registry, candidate.version
+    if not any(r.get("action") == "register" and r.get("version") == version for r in records):
+        records.append(registry.record("register", {"version": version, "run_id": candidate.trained["run_id"],
+                                                    "fingerprint": candidate.fingerprint}, records[-1] if records else None))  # fmt: skip
+    refused_before = any(r.get("action") == "refuse" and r.get("version") == version
+                         and (r.get("gate") or {}).get("run_id") == candidate.trained["run_id"] for r in records)  # fmt: skip
+    if not candidate.gate["blessed"] and not refused_before:
+        records.append(registry.record("refuse", {"version": version, "champion": expected, "gate": candidate.gate_info,
+                                                  "reason": f"gate refused: {', '.join(candidate.failed)}"}, records[-1]))  # fmt: skip
+
+
+def register(settings: Settings, params: Params, run_id: str) -> dict[str, Any]:
+    """``mlops register``: the evaluated model becomes the challenger; the audit log records
+    the registration and, if the gate refused it, the refusal. Moves nothing."""
+    layout = Layout.of(settings, params.get("validate.store"))
+    candidate = registered_candidate(settings, params, layout, run_id)
+    with candidate.registry.lock():
+        records = candidate.registry.recover()
+        record_verdict(candidate, records, candidate.gate["champion_version"])
+    log.info("register: v%s is the challenger (gate %s)", candidate.version, candidate.gate["verdict"])
+    return {"version": candidate.version, "run_id": run_id, "verdict": candidate.gate["verdict"],
+            "failed_checks": candidate.failed, "challenger": candidate.version}  # fmt: skip
+
+
+def promote_if_blessed(settings: Settings, params: Params, run_id: str | None = None) -> dict[str, Any]:
+    layout = Layout.of(settings, params.get("validate.store"))
+    cfg = params.section("promote")
+    forced, reason = (
+        bool(cfg["force"]),
+        str(cfg["reason"]).strip(),
+    )  # force needs a reason: the settings schema
+    named = str(cfg.get("expect", "")).strip().removeprefix("v")  # with force only (the settings schema)
+    candidate = registered_candidate(settings, params, layout, run_id)
+    registry, gate, trained, failed, fingerprint = (candidate.registry, candidate.gate, candidate.trained,
+                                                    candidate.failed, candidate.fingerprint)  # fmt: skip
+    version = registry.get(candidate.version)
+    assert version is not None
     faults.point("promote.registered")
     # the champion this move replaces: the one the gate compared against, or, for a forced
     # promotion, the one the person forcing it names (compare-and-set either way)
     expected = (None if named == "none" else named) if named else gate["champion_version"]
-    gate_info = {"run_id": trained["run_id"], "verdict": gate["verdict"], "failed_checks": failed,
-                 "report": f"runs:/{trained['run_id']}/gate/gate.json", "evaluated_at": gate["evaluated_at"]}  # fmt: skip
+    gate_info = candidate.gate_info
     result = {"version": version.version, "run_id": trained["run_id"], "verdict": gate["verdict"],
               "champion_before": expected, "forced": forced, "changed": False}  # fmt: skip
 
@@ -125,12 +177,8 @@ def promote_if_blessed(settings: Settings, params: Params, run_id: str | None = 
     with registry.lock():
         faults.point("promote.locked")
         records = registry.recover()
-        if not any(r.get("action") == "register" and r.get("version") == version.version for r in records):
-            records.append(registry.record("register", {"version": version.version, "run_id": trained["run_id"],
-                                                        "fingerprint": fingerprint}, records[-1] if records else None))  # fmt: skip
+        record_verdict(candidate, records, expected)  # the registration, and a refusal of the gate, once
         if not gate["blessed"] and not forced:
-            registry.record("refuse", {"version": version.version, "champion": expected, "gate": gate_info,
-                                       "reason": f"gate refused: {', '.join(failed)}"}, records[-1])  # fmt: skip
             raise Skipped(
                 f"gate refused v{version.version} ({', '.join(failed)}); it is the challenger, "
                 f"the champion stays {_v(expected)}; see {layout.reports / 'gate.md'}"

@@ -11,6 +11,9 @@
   next scheduled retrain trains with the defaults. The train step records the overrides on
   the MLflow run (``mlops.overrides``).
 - The result names the MLflow run whose gate report ``mlops promote --run RUN_ID`` consumes.
+- ``--stage featurize|train|evaluate`` runs one DVC stage (``dvc repro --single-item``; DVC's
+  cache decides whether it runs), in the same workspace for every stage of one Airflow run:
+  the retrain DAG is one task per stage, so the UI shows where a run is and which stage refused.
 """
 
 from __future__ import annotations
@@ -33,7 +36,10 @@ log = logging.getLogger(__name__)
 _DVC_SECTIONS = ("data", "train", "evaluate", "validate", "monitor")
 
 
-def retrain(settings: Settings, params: Params) -> dict[str, Any]:
+STAGES = ("featurize", "train", "evaluate")
+
+
+def retrain(settings: Settings, params: Params, stage: str | None = None) -> dict[str, Any]:
     home = settings.home_dir
     overrides = {k: v for k, v in params.overrides.items() if k.split(".")[0] in _DVC_SECTIONS}
     main = Layout.of(settings, params.get("validate.store"))
@@ -57,23 +63,33 @@ def retrain(settings: Settings, params: Params) -> dict[str, Any]:
         else:
             workdir, env = home, None
         faults.point("retrain.prepared")
-        proc = run_dvc(home, "repro", held=held, cwd=workdir, env=env)
+        args = ("repro", "--single-item", stage) if stage else ("repro",)
+        proc = run_dvc(home, *args, held=held, cwd=workdir, env=env)
         faults.point("retrain.reproduced")
         if remote:  # window, features, model: `dvc pull` elsewhere restores this version
             dvc_push(home, remote, held=held, cwd=workdir)
             faults.point("retrain.pushed")
     layout = Layout(workdir, main.validated_dir)
     ran = [line.split("'")[1] for line in proc.stdout.splitlines() if line.startswith("Running stage")]
-    gate = json.loads((layout.reports / "gate.json").read_text())
+    result: dict[str, Any] = {"stage": stage or "all", "stages_run": ran, "overrides": overrides,
+                              "workspace": str(workdir)}  # fmt: skip
+    if stage == "featurize":
+        result["window"] = json.loads((layout.reports / "featurize.json").read_text())
+        return result
     trained = json.loads((layout.reports / "train.json").read_text())
+    result.update(run_id=trained["run_id"], window=f"{trained['window_start']}..{trained['window_end']}")
+    if stage == "train":
+        return result
+    gate = json.loads((layout.reports / "gate.json").read_text())
     names = ("gate.json", "gate.md", "train.json", "featurize.json")
     publish_files(settings, [(f"reports/gate/{trained['run_id']}/{n}", layout.reports / n) for n in names
                              if (layout.reports / n).exists()])  # fmt: skip
     faults.point("retrain.published")
+    failed = [c["name"] for c in gate["checks"] if c["verdict"] == "fail"]
+    result.update(verdict=gate["verdict"], failed_checks=failed, champion_before=gate["champion_version"],
+                  gate_report=str(layout.reports / "gate.md"))  # fmt: skip
     log.info(
         "retrain: stages run %s; gate %s for run %s (promote it with: mlops promote --run %s)",
         ran or "none (up to date)", gate["verdict"], trained["run_id"], trained["run_id"],
     )  # fmt: skip
-    return {"stages_run": ran, "run_id": trained["run_id"], "verdict": gate["verdict"],
-            "window": f"{trained['window_start']}..{trained['window_end']}", "overrides": overrides,
-            "workspace": str(workdir)}  # fmt: skip
+    return result

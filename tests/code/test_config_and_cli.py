@@ -139,7 +139,7 @@ def test_cli_exit_codes_for_bad_usage(run_cli, workspace: Path) -> None:  # type
     assert code == 1 and "run `mlops ingest --date 2013-01-01` first" in err
     code, _, err = run_cli("promote")
     assert code == 1 and "gate.json is missing" in err
-    code, _, err = run_cli("rollback", "--reason", "x")
+    code, _, err = run_cli("rollback", "--reason", "v2 misroutes")
     assert code == 2 and "needs --expect VERSION" in err
     code, _, err = run_cli("promote", "--expect", "3")
     assert code == 2 and "promote.expect (--expect) is for a forced promotion" in err

@@ -84,6 +84,38 @@ def test_compose_topology(compose: dict) -> None:  # type: ignore[type-arg]
     assert "8000/health" in " ".join(serve["healthcheck"]["test"])
 
 
+def test_compose_services_are_supervised_like_the_official_airflow_compose(compose: dict) -> None:  # type: ignore[type-arg]
+    """Every long-running service has a health check and a restart policy; the one-shots do
+    not restart; third-party images are pinned; start order follows health."""
+    services = compose["services"]
+    one_shots = {"airflow-init", "minio-setup", "step-image"}
+    for name, service in services.items():
+        if name in one_shots:
+            assert service.get("restart", "no") == "no", name
+            continue
+        assert service.get("restart") == "always", f"{name}: no restart policy"
+        assert service.get("healthcheck", {}).get("test"), f"{name}: no health check"
+    checks = {
+        name: " ".join(services[name]["healthcheck"]["test"]) for name in services if name not in one_shots
+    }
+    assert "8974/health" in checks["airflow-scheduler"]
+    assert services["airflow-scheduler"]["environment"]["AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK"] == "true"
+    assert (
+        "DagProcessorJob" in checks["airflow-dag-processor"] and "TriggererJob" in checks["airflow-triggerer"]
+    )
+    assert "inspect ping" in checks["airflow-worker"]
+    for name in ("airflow-worker", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer"):
+        assert services[name]["depends_on"]["airflow-apiserver"] == {"condition": "service_healthy"}, name
+    built = {s["image"] for s in services.values() if "build" in s}  # our own images, built here
+    for name, service in services.items():
+        image = service["image"]
+        if image in built or image.startswith("${AIRFLOW_IMAGE"):
+            continue
+        tag = image.rsplit(":", 1)[1] if ":" in image else "latest"
+        assert tag != "latest" and re.search(r"\d", tag), f"{name}: image {image} is not pinned"
+    assert compose["x-airflow"]["image"].endswith(":3.3.2-python3.11}")
+
+
 def test_compose_publishes_on_loopback_only_and_holds_no_secret(compose: dict) -> None:  # type: ignore[type-arg]
     for name, service in compose["services"].items():
         for port in service.get("ports", []):

@@ -4,12 +4,16 @@ of `nightly` and `retrain` on the embedded default (real steps, real data)."""
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import REPO, VENV_BIN
 from tests.dags.conftest import DAGS
 
 
@@ -29,8 +33,32 @@ def test_dagbag_loads_every_dag_without_errors(dagbag) -> None:  # type: ignore[
     assert [o.name for o in nightly.get_task("signal_retraining").outlets] == ["flight_delay_drift"]
     retrain = dagbag.dags["retrain"]
     assert "flight_delay_drift" in str(retrain.timetable.asset_condition)
-    assert retrain.params["force_promote"] is False  # a typed form
+    # the lifecycle, one task per stage; a refusal at the gate skips promote, not register
+    assert [t.task_id for t in retrain.topological_sort()] == [
+        "featurize", "train", "evaluate", "register", "promote", "announce",
+    ]  # fmt: skip
+    assert retrain.get_task("promote").upstream_task_ids == {"evaluate", "register"}
+    assert retrain.get_task("register").trigger_rule == "none_failed"
+    assert retrain.get_task("evaluate").bash_command.endswith("retrain --stage evaluate")
+    # a form whose every field is optional (submitting the defaults works)
+    for name in retrain.params:
+        schema = retrain.params.get_param(name).schema
+        assert "null" in schema["type"], (name, schema)
     assert retrain.params.get_param("max_iter").schema["type"] == ["null", "integer"]
+    assert nightly.params.get_param("date").schema["type"] == ["null", "string"]
+
+
+def test_airflow_dags_show_draws_the_lifecycle(airflow_db) -> None:  # type: ignore[no-untyped-def]
+    """Airflow's own command: `airflow dags show` prints the DOT graph of a processed DAG."""
+    env = {**os.environ, "MLOPS_PROJECT_DIR": str(REPO)}
+    airflow = str(VENV_BIN / "airflow")
+    proc = subprocess.run([airflow, "dags", "reserialize"], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = subprocess.run([airflow, "dags", "show", "retrain"], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    edges = set(re.findall(r"(\w+) -> (\w+)", proc.stdout))
+    assert {("featurize", "train"), ("train", "evaluate"), ("evaluate", "register"), ("register", "promote"),
+            ("evaluate", "promote"), ("promote", "announce")} == edges, proc.stdout  # fmt: skip
 
 
 def test_trigger_forms_are_the_settings_schema(dagbag) -> None:  # type: ignore[no-untyped-def]
@@ -49,10 +77,7 @@ def test_trigger_forms_are_the_settings_schema(dagbag) -> None:  # type: ignore[
             schema = param.schema
             for keyword in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "enum", "pattern"):
                 assert schema.get(keyword) == expected.get(keyword), (dag_id, name, keyword, schema, expected)
-            assert param.description == expected["description"] or dag_id == "rollback", (
-                name,
-                param.description,
-            )
+            assert param.description, (dag_id, name, "every field says what it is")
             kind = expected["type"] if isinstance(expected["type"], str) else expected["type"][-1]
             assert kind in (schema["type"] if isinstance(schema["type"], list) else [schema["type"]]), (
                 name,
@@ -80,7 +105,7 @@ def test_dag_files_import_nothing_heavy() -> None:
     assert out.strip().splitlines()[-1] == "[]"
 
 
-def test_batch_date_mapping() -> None:
+def test_batch_date_is_a_2013_date_or_the_replay_clock() -> None:
     import datetime as dt
     from types import SimpleNamespace
 
@@ -89,12 +114,11 @@ def test_batch_date_mapping() -> None:
     def run(when):  # type: ignore[no-untyped-def]
         return SimpleNamespace(logical_date=when, run_after=when)
 
-    assert batch_date(run(dt.datetime(2013, 7, 15, 3, tzinfo=dt.UTC))) == "2013-07-15"
-    assert batch_date(run(dt.datetime(2026, 11, 24, 3, tzinfo=dt.UTC))) == "2013-11-24"
-    assert batch_date(run(dt.datetime(2028, 2, 29, 3, tzinfo=dt.UTC))) == "2013-02-28"
-    assert (
-        batch_date(SimpleNamespace(logical_date=None, run_after=dt.datetime(2026, 3, 1)), {}) == "2013-03-01"
-    )
+    assert batch_date(run(dt.datetime(2013, 7, 15, 3, tzinfo=dt.UTC))) == "2013-07-15", "a backfill over 2013"
+    # today's scheduled run (or an unpause, or a catch-up) never maps today onto 2013
+    assert batch_date(run(dt.datetime(2026, 11, 24, 3, tzinfo=dt.UTC))) == "next"
+    assert batch_date(run(dt.datetime(2028, 2, 29, 3, tzinfo=dt.UTC))) == "next"
+    assert batch_date(SimpleNamespace(logical_date=None, run_after=dt.datetime(2026, 3, 1)), {}) == "next"
     assert batch_date(run(dt.datetime(2026, 1, 1)), {"date": "2013-05-05"}) == "2013-05-05"
 
 
@@ -102,9 +126,10 @@ def test_params_become_json_overrides_never_shell_words() -> None:
     from step_operator import overrides_json  # type: ignore[import-not-found]
 
     chosen = json.loads(overrides_json({"max_iter": 50, "learning_rate": None, "window_end": "",
-                                        "force_promote": True, "reason": "it's `rm -rf` \"safe\""}))  # fmt: skip
+                                        "force_reason": "it's `rm -rf` \"safe\""}))  # fmt: skip
     assert chosen == {"train.max_iter": 50, "promote.force": True, "promote.reason": 'it\'s `rm -rf` "safe"'}
-    assert json.loads(overrides_json({"force_promote": False})) == {}
+    assert json.loads(overrides_json({"force_reason": ""})) == {}
+    assert json.loads(overrides_json({"force_reason": None})) == {}
 
 
 @pytest.mark.parametrize("mode", ["local", "docker", "kubernetes"])
@@ -225,7 +250,9 @@ def test_dag_test_retrain_then_nightly(january: Path, airflow_db, monkeypatch: p
     run = bag.dags["retrain"].test(run_conf={"max_iter": 200, "reason": "first model"})
     states = {ti.task_id: ti.state for ti in run.get_task_instances()}
     assert run.state == "success", states
-    assert states == {"retrain": "success", "promote": "success", "announce": "success"}
+    assert states == dict.fromkeys(
+        ("featurize", "train", "evaluate", "register", "promote", "announce"), "success"
+    )
     assert (january / "params.yaml").read_bytes() == params_before, "the shared params.yaml is never edited"
     (copy,) = (january / ".mlops/runs").iterdir()  # the run's private copy, named after the DAG run
     assert copy.name.startswith("retrain_manual__")

@@ -12,84 +12,23 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
-import shutil
-import signal
-import socket
-import subprocess
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import REPO, VENV_BIN, train_champion
+from tests.conftest import train_champion
+from tests.dags.airflow_server import Api, running_airflow
 
 pytestmark = pytest.mark.e2e
 
 
-class Api:
-    def __init__(self, base: str) -> None:
-        self.base, self.token = base, ""
-
-    def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        """One REST call; a GET that meets a server error (the embedded SQLite metadata DB
-        can be briefly locked while scheduler, dag-processor and tasks all write) is retried."""
-        for attempt in range(5):
-            status, answer = self._call(method, path, body)
-            if method != "GET" or status < 500:
-                break
-            time.sleep(1 + attempt)
-        return status, answer
-
-    def get(self, path: str) -> Any:
-        status, answer = self.call("GET", path)
-        assert status == 200, f"GET {path}: {status} {answer}"
-        return answer
-
-    def _call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        data = None if body is None else json.dumps(body).encode()
-        headers = {"Content-Type": "application/json"}
-        if self.token:
-            headers["Authorization"] = f"Bearer {self.token}"
-        request = urllib.request.Request(self.base + path, data=data, method=method, headers=headers)
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                text = response.read().decode()
-                return response.status, json.loads(text) if text else None
-        except urllib.error.HTTPError as exc:
-            text = exc.read().decode()
-            try:
-                return exc.code, json.loads(text)
-            except ValueError:
-                return exc.code, text
-
-    def wait_run(self, dag_id: str, run_id: str, timeout: float = 600) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            status, run = self.call("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")
-            if status == 200 and run["state"] in ("success", "failed"):
-                return run
-            time.sleep(3)
-        raise AssertionError(f"{dag_id} run {run_id} did not finish in {timeout}s")
-
-    def task_states(self, dag_id: str, run_id: str) -> dict[str, str]:
-        body = self.get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances")
-        return {ti["task_id"]: ti["state"] for ti in body["task_instances"]}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 def drifted_workspace(january: Path) -> Path:
-    """Champion trained on January; July 9-14 validated and scored (the monitor's week)."""
+    """Champion trained on January; July 1-14 validated (a contiguous training window ending
+    on the nightly's day), July 9-14 scored (the monitor's week)."""
     from pipelines.config import Settings, load_params
     from pipelines.source import parse_days
     from pipelines.steps.ingest import ingest
@@ -99,91 +38,70 @@ def drifted_workspace(january: Path) -> Path:
     train_champion(january)
     settings = Settings(project_dir=january)
     params = load_params(settings)
-    july = parse_days(None, "2013-07-09:2013-07-14")
+    july = parse_days(None, "2013-07-01:2013-07-14")
     ingest(settings, params, july)
     validate(settings, params, july)
-    for day in july:
+    assert len(list((january / "data/validated").glob("2013-07-*.parquet"))) == 14
+    for day in july[8:]:
         score(settings, params, day)
     return january
 
 
 @pytest.fixture
 def airflow(drifted_workspace: Path, tmp_path: Path) -> Iterator[tuple[Api, Path]]:
-    home = tmp_path / "airflow-home"
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
-    env.update(AIRFLOW_HOME=str(home), AIRFLOW_PORT=str(port), MLOPS_PROJECT_DIR=str(drifted_workspace),
-               AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL="5", AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC="2",
-               PATH=f"{VENV_BIN}:{os.environ['PATH']}",
-               # no clock-driven runs while the test drives the DAGs: unpausing a daily nightly
-               # would start today's run (today mapped to 2013), and the weekly safety-net
-               # retrain would start too. A yearly cron keeps nightly periodic (backfills need
-               # that) with its latest slot on 1 January, a day the champion was trained on.
-               MLOPS_NIGHTLY_CRON="0 3 1 1 *", MLOPS_RETRAIN_CRON="none")  # fmt: skip
-    env.pop("MLFLOW_TRACKING_URI", None)
-    proc = subprocess.Popen(["bash", str(REPO / "scripts/airflow.sh")], env=env, start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
-    api = Api(f"http://127.0.0.1:{port}")
-    try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            try:
-                if api.call("GET", "/api/v2/monitor/health")[0] == 200:
-                    break
-            except OSError:
-                pass
-            assert proc.poll() is None, f"airflow.sh exited: {proc.stdout.read() if proc.stdout else ''}"
-            time.sleep(3)
-        else:
-            raise AssertionError("the api-server did not answer /api/v2/monitor/health in 300s")
-        passwords = json.loads((home / "simple_auth_manager_passwords.json.generated").read_text())
-        status, body = api.call("POST", "/auth/token", {"username": "admin", "password": passwords["admin"]})
-        assert status in (200, 201), body
-        api.token = body["access_token"]
+    # A yearly cron: unpausing nightly starts exactly one scheduled run (this year's 1 January
+    # slot, catchup off), which the replay clock maps to the day after the newest landed day
+    # (2013-07-15); backfills over 2013 need the periodic schedule. No weekly safety-net
+    # retrain while the test drives the DAGs. Retries come quickly.
+    with running_airflow(drifted_workspace, tmp_path, MLOPS_NIGHTLY_CRON="0 3 1 1 *",
+                         MLOPS_TASK_RETRY_DELAY_S="3", MLOPS_RETRAIN_CRON="none") as (api, home):  # fmt: skip
         yield api, home
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=90)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-        for log in sorted((home / "logs").glob("*.log")):
-            shutil.copy(log, tmp_path / log.name)  # kept for a failing run's report
 
 
-def test_drift_triggers_retrain_and_rollback_through_the_rest_api(airflow, drifted_workspace: Path) -> None:  # type: ignore[no-untyped-def]
+def test_scheduled_nightly_drift_retrain_refusal_kill_rollback_backfill(
+    airflow, drifted_workspace: Path
+) -> None:  # type: ignore[no-untyped-def]
     api, home = airflow
     deadline = time.monotonic() + 180
     while api.call("GET", "/api/v2/dags/rollback")[0] != 200:  # parsed by the dag-processor
         assert time.monotonic() < deadline, "DAGs were not parsed in 180s"
         time.sleep(3)
-    for dag_id in ("nightly", "retrain", "rollback"):
+    for dag_id in ("retrain", "rollback", "nightly"):
         status, body = api.call("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": False})
         assert status == 200 and body["is_paused"] is False
 
-    # nightly for a July day, against a January champion
-    status, run = api.call(
-        "POST", "/api/v2/dags/nightly/dagRuns", {"logical_date": None, "conf": {"date": "2013-07-15"}}
-    )
-    assert status == 200, run
-    run = api.wait_run("nightly", run["dag_run_id"])
-    runs = api.get("/api/v2/dags/nightly/dagRuns")
-    for other in runs["dag_runs"]:  # the yearly slot that unpausing may have started
-        if other["dag_run_id"] != run["dag_run_id"]:
-            assert api.wait_run("nightly", other["dag_run_id"])["state"] == "success"
+    # 1. the scheduler's own nightly run (no date given): the replay clock lands 2013-07-15,
+    #    the day after the newest landed day, and finds it drifted against a January champion
+    deadline = time.monotonic() + 180
+    while not (scheduled := [r for r in api.get("/api/v2/dags/nightly/dagRuns")["dag_runs"]
+                             if r["run_type"] == "scheduled"]):  # fmt: skip
+        assert time.monotonic() < deadline, "unpausing nightly started no scheduled run"
+        time.sleep(3)
+    run = api.wait_run("nightly", scheduled[0]["dag_run_id"])
     states = api.task_states("nightly", run["dag_run_id"])
     assert run["state"] == "success", (states, _logs(home))
+    assert not run["logical_date"].startswith("2013")  # a date of this year, not replayed as itself
+    assert xcom(api, "nightly", run["dag_run_id"], "ingest")["date"] == "2013-07-15"
     assert states == {"ingest": "success", "validate": "success", "score": "success", "monitor": "success",
                       "signal_retraining": "success"}  # fmt: skip
     summary = json.loads((drifted_workspace / "reports/monitor/2013-07-15/summary.json").read_text())
     assert summary["breach"] and "month" in summary["drifted_features"]
+    assert "breach on 2013-07-15 (champion v1)" in task_log(
+        home, "nightly", run["dag_run_id"], "signal_retraining"
+    )
+    # the run's logs link the GX Data Docs of the batch and the Evidently report
+    docs = (drifted_workspace / "reports/validation/docs/2013-07-15.html").resolve()
+    assert f"GX Data Docs: {docs.as_uri()}" in task_log(home, "nightly", run["dag_run_id"], "validate")
+    assert docs.exists()
+    report = (drifted_workspace / "reports/monitor/2013-07-15/drift.html").resolve()
+    assert f"Evidently report: {report.as_uri()}" in task_log(home, "nightly", run["dag_run_id"], "monitor")
 
     events = api.get("/api/v2/assets/events?source_dag_id=nightly")
     assert events["total_entries"] == 1, "only the July day breached"
     event = events["asset_events"][0]
     assert event["extra"]["date"] == "2013-07-15" and event["extra"]["reasons"]
 
-    # the asset event started retrain
+    # 2. the asset event started retrain: one task per stage, the gate, registration, promotion
     deadline = time.monotonic() + 120
     while True:
         runs = api.get("/api/v2/dags/retrain/dagRuns")
@@ -196,11 +114,13 @@ def test_drift_triggers_retrain_and_rollback_through_the_rest_api(airflow, drift
     states = api.task_states("retrain", retrain["dag_run_id"])
     assert retrain["state"] == "success", (states, _logs(home))
     gate = json.loads((drifted_workspace / "reports/gate.json").read_text())
-    assert gate["champion_version"] == "1" and gate["window"]["end"] == "2013-07-15"
+    assert gate["champion_version"] == "1"
+    assert (gate["window"]["start"], gate["window"]["end"]) == ("2013-07-01", "2013-07-15")  # contiguous
+    stages = {"featurize": "success", "train": "success", "register": "success"}
     if gate["blessed"]:
-        assert states == {"retrain": "success", "promote": "success", "announce": "success"}
+        assert states == {**stages, "evaluate": "success", "promote": "success", "announce": "success"}
     else:
-        assert states == {"retrain": "success", "promote": "skipped", "announce": "skipped"}
+        assert states == {**stages, "evaluate": "skipped", "promote": "skipped", "announce": "skipped"}
 
     from pipelines.config import Settings
     from pipelines.registry import CHAMPION, Registry
@@ -209,7 +129,43 @@ def test_drift_triggers_retrain_and_rollback_through_the_rest_api(airflow, drift
     before = registry.alias(CHAMPION)
     assert before is not None and before.version == ("2" if gate["blessed"] else "1")
 
-    # rollback with Params: a missing reason (or expected champion) is refused by the form's schema
+    # 3. a manual retrain with Params, killed (SIGKILL, the whole process tree) in the middle of
+    #    its train stage: Airflow retries the task, the gate refuses the model (evaluate is
+    #    skipped, with the failed check in its log), the model is registered as the challenger
+    #    with the refusal in the audit log, and params.yaml is never touched
+    params_yaml = (drifted_workspace / "params.yaml").read_bytes()
+    status, body = api.call(
+        "POST", "/api/v2/dags/retrain/dagRuns", {"logical_date": None, "conf": {"force_reason": "x"}}
+    )
+    assert status == 400 and "force_reason" in json.dumps(body), body  # a reason needs 3 characters
+    conf = {"max_iter": 60, "min_roc_auc": 0.99}
+    status, manual = api.call("POST", "/api/v2/dags/retrain/dagRuns", {"logical_date": None, "conf": conf})
+    assert status == 200, manual
+    killed = kill_stage(drifted_workspace, "train", timeout=300)
+    manual = api.wait_run("retrain", manual["dag_run_id"])
+    tis = {
+        ti["task_id"]: ti
+        for ti in api.get(f"/api/v2/dags/retrain/dagRuns/{manual['dag_run_id']}/taskInstances")[
+            "task_instances"
+        ]
+    }
+    assert manual["state"] == "success", ({t: ti["state"] for t, ti in tis.items()}, _logs(home))
+    assert {t: ti["state"] for t, ti in tis.items()} == {
+        "featurize": "success", "train": "success", "evaluate": "skipped", "register": "success",
+        "promote": "skipped", "announce": "skipped"}  # fmt: skip
+    assert tis["train"]["try_number"] == 2, f"the killed train (pids {killed}) was retried"
+    assert "roc_auc" in task_log(home, "retrain", manual["dag_run_id"], "evaluate")
+    assert (drifted_workspace / "params.yaml").read_bytes() == params_yaml
+    challenger = xcom(api, "retrain", manual["dag_run_id"], "register")
+    assert challenger["verdict"] == "refused" and challenger["failed_checks"]
+    records = registry.audit_records()
+    assert records[-1]["action"] == "refuse" and records[-1]["version"] == challenger["version"]
+    assert records[-1]["actor"]["name"] == "admin"
+    assert registry.alias(CHAMPION).version == before.version  # type: ignore[union-attr]
+    assert (drifted_workspace / "reports/gate.json").exists()
+    assert json.loads((drifted_workspace / "reports/gate.json").read_text()) == gate  # the run's own copy
+
+    # 4. rollback with Params: a missing reason (or expected champion) is refused by the form's schema
     status, body = api.call(
         "POST", "/api/v2/dags/rollback/dagRuns",
         {"logical_date": None, "conf": {"rollback_to": "previous", "expected_champion": before.version}},
@@ -240,7 +196,7 @@ def test_drift_triggers_retrain_and_rollback_through_the_rest_api(airflow, drift
     ]:
         assert private.stat().st_mode & 0o077 == 0, f"{private} is readable by others"
 
-    # a backfill over 2013 dates replays them (this test's yearly cron has one slot in range)
+    # 5. a backfill over 2013 dates replays them (this test's yearly cron has one slot in range)
     body = {"dag_id": "nightly", "from_date": "2012-12-31T00:00:00Z", "to_date": "2013-01-02T00:00:00Z",
             "max_active_runs": 1, "reprocess_behavior": "none", "dag_run_conf": {}}  # fmt: skip
     status, backfill = api.call("POST", "/api/v2/backfills", body)
@@ -261,6 +217,62 @@ def test_drift_triggers_retrain_and_rollback_through_the_rest_api(airflow, drift
         json.loads((drifted_workspace / "reports/monitor/2013-01-01/summary.json").read_text())["date"]
         == "2013-01-01"
     )
+
+    # 6. a manual nightly without a date continues the replay where it stopped (the backfill
+    #    of a January day does not move the clock back); retrain paused: the breach's event
+    #    starts no run
+    assert api.call("PATCH", "/api/v2/dags/retrain", {"is_paused": True})[0] == 200
+    status, run = api.call("POST", "/api/v2/dags/nightly/dagRuns", {"logical_date": None, "conf": {}})
+    assert status == 200, run
+    run = api.wait_run("nightly", run["dag_run_id"])
+    assert run["state"] == "success", _logs(home)
+    assert xcom(api, "nightly", run["dag_run_id"], "ingest")["date"] == "2013-07-16"
+    assert (drifted_workspace / "reports/monitor/2013-07-16/summary.json").exists()
+
+
+def xcom(api: Api, dag_id: str, run_id: str, task_id: str) -> dict[str, Any]:
+    """A task's result (the last line `mlops` printed, pushed as its XCom)."""
+    from step_operator import step_result
+
+    body = api.get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/return_value")
+    return step_result(body["value"])
+
+
+def task_log(home: Path, dag_id: str, run_id: str, task_id: str) -> str:
+    folder = home / "logs" / f"dag_id={dag_id}" / f"run_id={run_id}" / f"task_id={task_id}"
+    return "\n".join(p.read_text(errors="replace") for p in sorted(folder.glob("attempt=*.log")))
+
+
+def kill_stage(workspace: Path, stage: str, timeout: float) -> list[int]:
+    """SIGKILL the process tree of this workspace's `mlops retrain --stage <stage>` while DVC
+    runs the stage's own command (as when its host or pod is lost): no handler, no `finally`."""
+    import psutil
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for proc in psutil.process_iter(["cmdline"]):
+            cmd = proc.info["cmdline"] or []
+            if "retrain" not in cmd or "--stage" not in cmd or cmd[cmd.index("--stage") + 1 :][:1] != [stage]:
+                continue
+            try:
+                if proc.environ().get("MLOPS_PROJECT_DIR") != str(workspace):
+                    continue
+                while time.monotonic() < deadline:  # until `dvc repro` runs `mlops <stage>`
+                    tree = [*proc.children(recursive=True), proc]
+                    if any(
+                        stage in member.cmdline() and "retrain" not in member.cmdline() for member in tree
+                    ):
+                        break
+                    time.sleep(0.1)
+                time.sleep(1.0)  # into the stage's work
+                tree = [*proc.children(recursive=True), proc]
+                for member in tree:
+                    member.kill()
+                return [member.pid for member in tree]
+            except psutil.Error:
+                continue
+        time.sleep(0.2)
+    raise AssertionError(f"no `mlops retrain --stage {stage}` process for {workspace} in {timeout}s")
 
 
 def _logs(home: Path) -> str:

@@ -356,6 +356,10 @@ def test_clean_drop_from_landing_zone_joins_tracked_data(
     assert batch["temp"].notna().mean() > 0.95, "weather at the origin was joined"
     report = json.loads((served / "reports/validation" / f"{day}.json").read_text())
     assert report["statistics"]["rows"] == len(batch) and report["bounds"]["learned"], "kept for the history"
+    # a passed batch has its GX Data Docs page too (the nightly DAG's validate log links it)
+    page = served / "reports/validation/docs" / f"{day}.html"
+    html = page.read_text()
+    assert "values must never be null" in html and "Succeeded" in html, html[:500]
     assert not list((served / "data/incoming").glob(f"{day}*")), "the drop as received is gone once validated"
 
 

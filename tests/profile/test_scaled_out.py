@@ -35,6 +35,7 @@ pytestmark = pytest.mark.e2e
 
 PG = os.environ.get("MLOPS_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
+RETRAIN_TASKS = ("featurize", "train", "evaluate", "register", "promote", "announce")
 MODEL = "flight-delay"
 SEED = "2013-01-01:2013-01-28"  # validated before the DAGs run: the first training window
 
@@ -259,8 +260,7 @@ def test_celery_profile_nightly_retrain_s3_and_mlflow_faults(profile_factory: An
     run_id = p.trigger("retrain", {})
     state, tis = p.finished("retrain", run_id)
     assert state == "success", {t: ti["state"] for t, ti in tis.items()}
-    assert {t: ti["state"] for t, ti in tis.items()} == {"retrain": "success", "promote": "success",
-                                                         "announce": "success"}  # fmt: skip
+    assert {t: ti["state"] for t, ti in tis.items()} == dict.fromkeys(RETRAIN_TASKS, "success")
     for ti in tis.values():  # executed by the Celery worker, on this profile's queue
         assert ti["queue"] == p.name and ti["hostname"], ti
     client = p.registry()
@@ -551,7 +551,7 @@ def test_docker_mode_through_podman(profile_factory: Any) -> None:
 
     # retrain in containers: the first champion, on the MLflow server
     run = p.trigger("retrain", {})
-    check("retrain", run, {"retrain": "success", "promote": "success", "announce": "success"})
+    check("retrain", run, dict.fromkeys(RETRAIN_TASKS, "success"))
     assert "promote: v1 is champion" in p.task_log("retrain", run, "promote")  # the container's output
     client = p.registry()
     assert client.get_model_version_by_alias(MODEL, "champion").version == "1"
@@ -563,9 +563,12 @@ def test_docker_mode_through_podman(profile_factory: Any) -> None:
     assert "store/predictions/2013-01-29.parquet" in p.keys("store/predictions/")
     assert "store/validated/2013-01-29.parquet" in p.keys("store/validated/")
 
-    # a challenger the gate refuses: the container exits 99 -> promote is skipped
+    # a challenger the gate refuses: the evaluate container exits 99 -> evaluate is skipped with
+    # the refusal in its log, register still records v2 as the challenger, promote is skipped
     run = p.trigger("retrain", {"window_days": 29, "min_roc_auc": 0.99})
-    check("retrain", run, {"retrain": "success", "promote": "skipped", "announce": "skipped"})
-    assert "mlops promote: skipped: gate refused v2" in p.task_log("retrain", run, "promote")
+    check("retrain", run, {"featurize": "success", "train": "success", "evaluate": "skipped",
+                           "register": "success", "promote": "skipped", "announce": "skipped"})  # fmt: skip
+    assert "gate refused run" in p.task_log("retrain", run, "evaluate")
+    assert "against v1: roc_auc floor" in p.task_log("retrain", run, "evaluate")
     assert client.get_model_version_by_alias(MODEL, "champion").version == "1"
     assert client.get_model_version_by_alias(MODEL, "challenger").version == "2"

@@ -1,0 +1,102 @@
+"""Benchmark: `mlops validate` over a range of days in one command, against the same files
+checked by a bare pandas script (eight of the contract's rules), side by side in one run.
+
+    .venv/bin/python bench/validate_year.py             # the whole of 2013 (~5 min on 2 cores)
+    .venv/bin/python bench/validate_year.py --days 30   # a quicker look
+
+Both read the same landed batches (`mlops ingest` first, not timed in the ratio). Prints wall
+time, per-day cost and peak memory of each, and the ratio pipeline / bare. The pipeline does
+more than the baseline (23 rules through GX, learned bounds, the DVC commit, a Data Docs
+page per day): the ratio is what that costs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+BARE = textwrap.dedent("""
+    import glob, sys, time
+    import pandas as pd
+    bad = 0
+    files = sorted(glob.glob(sys.argv[1] + "/*.parquet"))
+    for f in files:
+        df = pd.read_parquet(f)
+        checks = [
+            df[["year", "month", "day", "carrier", "flight", "origin", "dest"]].notna().all().all(),
+            df["month"].between(1, 12).all() and df["day"].between(1, 31).all(),
+            df["sched_dep_time"].between(0, 2359).all() and df["sched_arr_time"].between(0, 2359).all(),
+            (df["sched_dep_time"] % 100 < 60).all(),
+            df["distance"].between(1, 5000).all(),
+            (df["origin"] != df["dest"]).all(),
+            df["arr_delay"].dropna().abs().le(1500).all() and df["dep_delay"].dropna().abs().le(1500).all(),
+            500 <= len(df) <= 5000,
+        ]
+        bad += not all(checks)
+    print(len(files), "files,", bad, "failing")
+""")
+
+
+def timed(argv: list[str], env: dict[str, str], cwd: Path) -> tuple[float, float, str]:
+    """Run under GNU time: wall seconds, peak RSS (MiB) of the largest process, last stdout line."""
+    proc = subprocess.run(
+        ["/usr/bin/time", "-f", "%e %M", *argv], env=env, cwd=cwd, capture_output=True, text=True
+    )
+    if proc.returncode != 0:
+        sys.exit(f"{argv[:3]} failed: {proc.stderr[-2000:]}")
+    wall, rss_kb = proc.stderr.strip().splitlines()[-1].split()
+    return (
+        float(wall),
+        int(rss_kb) / 1024,
+        proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else "",
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--days", type=int, default=365)
+    parser.add_argument("--keep", action="store_true", help="keep the temporary workspace")
+    args = parser.parse_args()
+    sys.path.insert(0, str(REPO))
+    from tests.conftest import make_workspace
+
+    root = Path(tempfile.mkdtemp(prefix="bench-validate-"))
+    ws = make_workspace(root / "ws")
+    env = {**os.environ, "MLOPS_PROJECT_DIR": str(ws)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    last = dt.date(2013, 1, 1) + dt.timedelta(days=args.days - 1)
+    days = f"2013-01-01:{last}"
+    wall, _, _ = timed([str(BIN / "mlops"), "ingest", "--dates", days], env, ws)
+    print(f"ingest {args.days} days: {wall:.1f} s (not part of the ratio)")
+    # the bare baseline reads the same landed files (a copy: validate consumes them)
+    landed = root / "landed"
+    shutil.copytree(ws / "data/incoming", landed)
+    bare_wall, bare_mem, bare_out = timed([sys.executable, "-c", BARE, str(landed)], env, ws)
+    pipe_wall, pipe_mem, _ = timed([str(BIN / "mlops"), "validate", "--dates", days], env, ws)
+    validated = len(list((ws / "data/validated").glob("*.parquet")))
+    n = args.days
+    print(f"{'':28}{'wall s':>9}{'per day ms':>12}{'peak MiB':>10}")
+    print(f"{'mlops validate (one run)':28}{pipe_wall:9.1f}{pipe_wall / n * 1000:12.0f}{pipe_mem:10.0f}")
+    print(f"{'bare pandas, 8 rules':28}{bare_wall:9.1f}{bare_wall / n * 1000:12.0f}{bare_mem:10.0f}")
+    print(
+        f"ratio pipeline / bare: {pipe_wall / bare_wall:.1f}x wall  ({validated} days validated; bare: {bare_out})"
+    )
+    print("goal (issue 14): <= 3x the baseline and <= 120 s for the year")
+    if args.keep:
+        print("workspace:", ws)
+    else:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
