@@ -22,8 +22,9 @@ env: $(VENV)/.synced
 # (PYTHONDONTWRITEBYTECODE is set on these machines; compiled imports are ~2x faster).
 $(VENV)/.synced: pyproject.toml uv.lock
 	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
-	$(UV) sync --frozen
-	@$(VENV)/bin/python -m compileall -q -j 0 $(VENV)/lib pipelines > /dev/null || true
+	@start=$$SECONDS; $(UV) sync --frozen && echo "uv sync:$$((SECONDS - start))" > $(VENV)/.timings
+	@start=$$SECONDS; $(VENV)/bin/python -m compileall -q -j 0 $(VENV)/lib pipelines > /dev/null || true; \
+	  echo "byte-compile:$$((SECONDS - start))" >> $(VENV)/.timings
 	@touch $@
 
 demo: env

