@@ -784,8 +784,10 @@ def serve(settings: Settings, params: Params, host: str, port: int) -> int:
     from pipelines.tracking import bound_http
 
     # the poll must notice a promotion or rollback within a poll interval, outage or not:
-    # short requests, one retry, no minutes of back-off (unless MLflow's own knobs are set)
-    bound_http(max(3.0, min(15.0, float(params.get("serve.poll_interval_s")))), retries=1)
+    # short requests, one retry, no minutes of back-off (unless MLflow's own knobs are set).
+    # At least a 10 s budget (4 s per request): loading a model downloads ~60 files, and a
+    # 1 s read timeout failed them on a busy MLflow server (seen with a 5 s poll).
+    bound_http(max(10.0, min(15.0, float(params.get("serve.poll_interval_s")))), retries=1)
     import uvicorn
 
     app = create_app(settings, params)
