@@ -114,13 +114,17 @@ if sys.argv[1] not in [b["Name"] for b in s3.list_buckets()["Buckets"]]:
 PY
 
   # MLflow: Postgres backend, artifacts proxied by the server to S3 (clients need no S3 keys),
-  # basic-auth: registry tags and aliases are not open to whoever reaches the port
+  # basic-auth: registry tags and aliases are not open to whoever reaches the port. Each
+  # request's password check is a scrypt hash (~0.1-0.2 s of CPU): without the credential
+  # cache a serving API polling the alias and the steps' artifact downloads kept the server
+  # at ~90% of a core; cached, a credential is hashed once a minute
   (umask 077; cat > "$state/mlflow-auth.ini" <<INI
 [mlflow]
 default_permission = READ
 database_uri = sqlite:///$state/mlflow-auth.db
 admin_username = admin
 authorization_function = mlflow.server.auth:authenticate_request_basic_auth
+auth_cache_ttl_seconds = 60
 INI
   )
   alive mlflow || MLFLOW_AUTH_CONFIG_PATH=$state/mlflow-auth.ini MLFLOW_AUTH_ADMIN_PASSWORD=$mlflow_password \
