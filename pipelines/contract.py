@@ -174,10 +174,10 @@ def derive(batch: pd.DataFrame, day: dt.date, late_threshold_min: float = 15) ->
     import numpy as np
     import pandas as pd
 
-    out = batch.copy()
+    derived: dict[str, pd.Series] = {}  # joined to the batch in one step (no fragmented frame)
 
     def holds(name: str, ok: Any) -> None:
-        out[f"{RULE_PREFIX}{name}"] = pd.Series(ok, index=batch.index).fillna(True).astype(bool)
+        derived[f"{RULE_PREFIX}{name}"] = pd.Series(ok, index=batch.index).fillna(True).astype(bool)
 
     number = {c: pd.to_numeric(batch[c], errors="coerce") for c in NUMBER_COLUMNS}
     # set membership over large sets, per column (a GX value set of 1,440 clock times or
@@ -225,8 +225,8 @@ def derive(batch: pd.DataFrame, day: dt.date, late_threshold_min: float = 15) ->
     holds("arrival_after_departure", (arr_time.isna() | dep_time.notna())
           & (arr_delay.isna() | (dep_time.notna() & arr_time.notna() & air_time.notna())))  # fmt: skip
     holds("label_computable", arr_delay.notna() | air_time.isna())
-    out[LATE] = (arr_delay.isna() | (arr_delay > late_threshold_min)).astype("float64")
-    return out
+    derived[LATE] = (arr_delay.isna() | (arr_delay > late_threshold_min)).astype("float64")
+    return pd.concat([batch, pd.DataFrame(derived, index=batch.index)], axis=1)
 
 
 # -- stage 3: batch statistics against the history ---------------------------------------------------

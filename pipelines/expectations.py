@@ -38,16 +38,27 @@ def _p(name: str) -> dict[str, str]:
     return {"$PARAMETER": name}
 
 
-def build_suite(validate_params: dict[str, Any]) -> gx.ExpectationSuite:
-    """The expectations a batch must meet (after :func:`pipelines.contract.derive`)."""
+# Rules judged on a batch as a whole (its size, shares and rates against the history, or a
+# tolerance: `mostly`): they need one run per day. Every other rule holds row by row, so a
+# range of days keeps it exactly when the days' rows together do: one run for the range.
+PER_BATCH_RULES = frozenset({r.id for r in contract.RULES if r.kind == "distribution"} | {"weather_ranges"})
+PARTS = ("all", "rows", "batch")
+
+
+def build_suite(validate_params: dict[str, Any], part: str = "all") -> gx.ExpectationSuite:
+    """The expectations a batch must meet (after :func:`pipelines.contract.derive`): all of
+    them, or only the row rules (``rows``) or only the per-batch rules (``batch``)."""
     import great_expectations as gx
 
+    assert part in PARTS, part
     E = gx.expectations
     max_delay = validate_params["max_abs_delay_min"]
-    suite = gx.ExpectationSuite(name=SUITE_NAME)
+    suite = gx.ExpectationSuite(name=SUITE_NAME if part == "all" else f"{SUITE_NAME}_{part}")
 
     def add(rule: str, kind: Any, **kwargs: Any) -> None:
         assert rule in contract.BY_ID, rule
+        if (part == "rows" and rule in PER_BATCH_RULES) or (part == "batch" and rule not in PER_BATCH_RULES):
+            return
         suite.add_expectation(kind(**kwargs, meta={"rule": rule}))
 
     add("row_count", E.ExpectTableRowCountToBeBetween, min_value=_p("rows_min"), max_value=_p("rows_max"))

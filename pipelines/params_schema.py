@@ -87,6 +87,13 @@ class Validate(Section):
         description="render GX Data Docs for every batch (rejected batches always get them); "
         "off saves ~0.1 s per day in a long backfill"
     )
+    block_days: int = Field(
+        default=31,
+        ge=1,
+        le=366,
+        description="a range is validated in blocks of this many days: the row rules of a block "
+        "in one GX run, the per-batch rules per day (1: every day in its own run)",
+    )
 
     @model_validator(mode="after")
     def _bounds_in_order(self) -> Validate:

@@ -17,6 +17,7 @@ The suite, its context and validation definition are built once per process
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import logging
 import os
@@ -65,15 +66,54 @@ class Checked:
         return [line for _, line in self.failures]
 
 
+@dataclass
+class RowsChecked:
+    """Days whose rows keep every row rule, checked together in one GX run (a block of a
+    range): their batches and derived frames, kept for the per-batch rules, and the run."""
+
+    label: str  # first..last day of the block
+    rows: int
+    result: dict[str, Any]
+    batches: dict[dt.date, Any] = field(default_factory=dict)
+    derived: dict[dt.date, Any] = field(default_factory=dict)
+
+    def merged(self, batch_result: dict[str, Any]) -> dict[str, Any]:
+        """One day's result: its per-batch rules (its own run) and the row rules (the block's
+        run, which every row of the day passed), as one GX validation result."""
+        from pipelines.expectations import SUITE_NAME
+
+        results = [*self.result["results"], *batch_result["results"]]
+        statistics = {**batch_result.get("statistics", {}), "evaluated_expectations": len(results),
+                      "successful_expectations": len(results), "unsuccessful_expectations": 0,
+                      "success_percent": 100.0}  # fmt: skip
+        # the run name is what GX's page shows of it (the row rules' percentages are the
+        # block's: 0% unexpected, as for the day)
+        note = f"row rules checked on the rows of {self.label} together ({self.rows} rows, one run)"
+        meta = {**batch_result.get("meta", {}), "row_rules": note}
+        meta["run_id"] = {**(meta.get("run_id") or {}), "run_name": note}
+        return {
+            **batch_result,
+            "suite_name": SUITE_NAME,
+            "results": results,
+            "statistics": statistics,
+            "meta": meta,
+        }
+
+
 class Validator:
     """The contract's suite, built once, run on any number of days."""
 
     def __init__(self, validate_params: dict[str, Any], late_threshold_min: float) -> None:
         self.cfg = validate_params
         self.late_threshold = late_threshold_min
-        self._definition: Any = None
+        self._definitions: dict[str, Any] = {}
 
-    def _build(self, docs_dir: Path | None = None, schema_only: bool = False) -> Any:
+    def _validation(self, part: str) -> Any:
+        if part not in self._definitions:
+            self._definitions[part] = self._build(part=part)
+        return self._definitions[part]
+
+    def _build(self, docs_dir: Path | None = None, schema_only: bool = False, part: str = "all") -> Any:
         os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
         import great_expectations as gx
         from great_expectations.data_context.types.base import (
@@ -95,7 +135,7 @@ class Validator:
             .add_dataframe_asset("batch")
             .add_batch_definition_whole_dataframe("whole")
         )
-        suite = ctx.suites.add(build_schema_suite() if schema_only else build_suite(self.cfg))
+        suite = ctx.suites.add(build_schema_suite() if schema_only else build_suite(self.cfg, part))
         validation = ctx.validation_definitions.add(
             gx.ValidationDefinition(data=definition, suite=suite, name="batch")
         )
@@ -112,16 +152,48 @@ class Validator:
         ))  # fmt: skip
 
     def prepare(
-        self, batch: Any, day: dt.date, history: list[dict[str, Any]]
+        self, batch: Any, day: dt.date, history: list[dict[str, Any]], derived: Any = None
     ) -> tuple[Any, contract.Bounds] | list[str]:
         """The frame the suite runs on, and its bounds; or the schema failures."""
         problems = contract.schema_failures(batch)
         if problems:
             return problems
         limits = contract.bounds(batch, history, self.cfg)
-        return contract.with_statistics(contract.derive(batch, day, self.late_threshold), limits), limits
+        if derived is None:
+            derived = contract.derive(batch, day, self.late_threshold)
+        return contract.with_statistics(derived, limits), limits
 
-    def check(self, batch: Any, day: dt.date, history: list[dict[str, Any]]) -> Checked:
+    def check_rows(self, block: list[tuple[dt.date, Any]]) -> RowsChecked | None:
+        """The row rules on the rows of several days (each checked against the schema and
+        derived with its own day) in one GX run. None if a row breaks one: the days are then
+        checked one by one, for the same reports as a daily run."""
+        import pandas as pd
+
+        derived = {day: contract.derive(batch, day, self.late_threshold) for day, batch in block}
+        frame = pd.concat(list(derived.values()), ignore_index=True)
+        run = self._validation("rows").run(
+            batch_parameters={"dataframe": frame}, result_format=_RESULT_FORMAT
+        )
+        if not run.success:
+            return None
+        label = f"{block[0][0]}..{block[-1][0]}"
+        return RowsChecked(label, len(frame), run.to_json_dict(), dict(block), derived)
+
+    def check(
+        self, batch: Any, day: dt.date, history: list[dict[str, Any]], rows: RowsChecked | None = None
+    ) -> Checked:
+        if rows is not None and day in rows.derived:
+            # the row rules held for the whole block: only the per-batch rules are left
+            prepared = self.prepare(batch, day, history, derived=rows.derived.pop(day))
+            assert not isinstance(prepared, list), "the block's batches passed the schema stage"
+            frame, limits = prepared
+            run = self._validation("batch").run(batch_parameters={"dataframe": frame},
+                                                expectation_parameters=limits.parameters(),
+                                                result_format=_RESULT_FORMAT)  # fmt: skip
+            if run.success:
+                kept = contract.statistics(batch, self.late_threshold)
+                return Checked(day, len(batch), [], rows.merged(run.to_json_dict()), kept, limits)
+            # a per-batch rule broke: the whole suite on the day, as a daily run reports it
         prepared = self.prepare(batch, day, history)
         if isinstance(prepared, list):
             return Checked(
@@ -132,10 +204,9 @@ class Validator:
                 None,
             )
         frame, limits = prepared
-        if self._definition is None:
-            self._definition = self._build()
-        run = self._definition.run(batch_parameters={"dataframe": frame}, expectation_parameters=limits.parameters(),
-                                   result_format={"result_format": "SUMMARY", "partial_unexpected_count": 5})  # fmt: skip
+        run = self._validation("all").run(batch_parameters={"dataframe": frame},
+                                          expectation_parameters=limits.parameters(),
+                                          result_format=_RESULT_FORMAT)  # fmt: skip
         failures = describe_failures(run.results, frame, limits)
         statistics = None if failures else contract.statistics(batch, self.late_threshold)
         return Checked(day, len(batch), failures, run.to_json_dict(), statistics, limits)
@@ -151,6 +222,9 @@ class Validator:
         self._build(docs_dir=folder).run(
             batch_parameters={"dataframe": frame}, expectation_parameters=limits.parameters()
         )
+
+
+_RESULT_FORMAT = {"result_format": "SUMMARY", "partial_unexpected_count": 5}
 
 
 def _schema_line(line: str) -> str:
@@ -249,41 +323,55 @@ def validate(settings: Settings, params: Params, days: list[dt.date]) -> Validat
     accepted: list[tuple[dt.date, Path, dict[str, Any]]] = []
     history: list[dict[str, Any]] | None = None
     docs_for: list[tuple[dt.date, dict[str, Any]]] = []
-    for day in sorted(days):
-        incoming = layout.incoming_batch(day)
-        if not incoming.exists():
-            if layout.validated_batch(day).exists():
-                result.already.append(day.isoformat())
+    # a range in blocks: the row rules of a block's days in one GX run, then each day's
+    # per-batch rules against the history (the daily path for a block with a broken row)
+    block_days = max(1, int(cfg.get("block_days", 31)))
+    ordered = sorted(days)
+    for first in range(0, len(ordered), block_days):
+        block = ordered[first : first + block_days]
+        rows = _check_rows(validator, layout, block) if len(block) > 1 else None
+        for day in block:
+            incoming = layout.incoming_batch(day)
+            if not incoming.exists():
+                if layout.validated_batch(day).exists():
+                    result.already.append(day.isoformat())
+                    continue
+                raise StepError(_nothing_to_validate(layout, day, incoming))
+            if history is None or (accepted and accepted[-1][0] > day):
+                history = load_history(settings, layout, day, int(cfg["history_days"]))
+            try:
+                batch = rows.batches.pop(day) if rows and day in rows.batches else pd.read_parquet(incoming)
+            except Exception as exc:
+                reason = f"unreadable batch file: {type(exc).__name__}: {exc}"
+                _reject(settings, layout, result, day, incoming, ["columns: " + reason], {})
                 continue
-            raise StepError(_nothing_to_validate(layout, day, incoming))
-        if history is None or (accepted and accepted[-1][0] > day):
-            history = load_history(settings, layout, day, int(cfg["history_days"]))
-        try:
-            batch = pd.read_parquet(incoming)
-        except Exception as exc:
-            reason = f"unreadable batch file: {type(exc).__name__}: {exc}"
-            _reject(settings, layout, result, day, incoming, ["columns: " + reason], {})
-            continue
-        checked = validator.check(batch, day, history)
-        if checked.failures:
-            details = {"rows": len(batch), "rules": sorted(checked.rules), "great_expectations": checked.gx}
-            folder = _reject(settings, layout, result, day, incoming, checked.lines, details,
-                             docs=lambda folder, b=batch, d=day, h=list(history): validator.data_docs(b, d, h, folder / "docs"))  # fmt: skip
-            log.error("%s", result.rejected[day.isoformat()])
-            del folder
-            continue
-        report = {"batch_date": day.isoformat(), "rows": len(batch), "success": True,
-                  "expectations": len(checked.gx.get("results", [])) if checked.gx else 0,
-                  "bounds": _bounds_summary(checked.bounds), "statistics": checked.statistics}  # fmt: skip
-        accepted.append((day, incoming, report))
-        if cfg.get("data_docs", True) and checked.gx:  # rendered after the commit
-            docs_for.append((day, checked.gx))
-        assert checked.statistics is not None
-        history = [*history, checked.statistics][-int(cfg["history_days"]) :]
-        result.passed[day.isoformat()] = len(batch)
-        log.info(
-            "validate %s: %d rows kept every rule (%d expectations)", day, len(batch), report["expectations"]
-        )
+            checked = validator.check(batch, day, history, rows)
+            if checked.failures:
+                details = {
+                    "rows": len(batch),
+                    "rules": sorted(checked.rules),
+                    "great_expectations": checked.gx,
+                }
+                folder = _reject(settings, layout, result, day, incoming, checked.lines, details,
+                                 docs=lambda folder, b=batch, d=day, h=list(history): validator.data_docs(b, d, h, folder / "docs"))  # fmt: skip
+                log.error("%s", result.rejected[day.isoformat()])
+                del folder
+                continue
+            report = {"batch_date": day.isoformat(), "rows": len(batch), "success": True,
+                      "expectations": len(checked.gx.get("results", [])) if checked.gx else 0,
+                      "bounds": _bounds_summary(checked.bounds), "statistics": checked.statistics}  # fmt: skip
+            accepted.append((day, incoming, report))
+            if cfg.get("data_docs", True) and checked.gx:  # rendered after the commit
+                docs_for.append((day, checked.gx))
+            assert checked.statistics is not None
+            history = [*history, checked.statistics][-int(cfg["history_days"]) :]
+            result.passed[day.isoformat()] = len(batch)
+            log.info(
+                "validate %s: %d rows kept every rule (%d expectations)",
+                day,
+                len(batch),
+                report["expectations"],
+            )
 
     faults.point("validate.checked")
     if accepted:
@@ -317,19 +405,46 @@ def validate(settings: Settings, params: Params, days: list[dt.date]) -> Validat
     return result
 
 
+def _check_rows(validator: Validator, layout: Layout, block: list[dt.date]) -> RowsChecked | None:
+    """The row rules of a block of days in one run, for the days whose batch is there,
+    readable and of the contract's shape (the others take the daily path, which says why)."""
+    import pandas as pd
+
+    ready = []
+    for day in block:
+        incoming = layout.incoming_batch(day)
+        if not incoming.exists():
+            continue
+        try:
+            batch = pd.read_parquet(incoming)
+        except Exception:
+            continue
+        if not contract.schema_failures(batch):
+            ready.append((day, batch))
+    return validator.check_rows(ready) if len(ready) > 1 else None
+
+
+@functools.cache
+def _page_tools() -> tuple[Any, Any, Any]:
+    """GX's result schema, page renderer and Jinja view, made once per process: the view's
+    Jinja environment compiles the page templates on first use (a third of a page's cost)."""
+    from great_expectations.core.expectation_validation_result import ExpectationSuiteValidationResultSchema
+    from great_expectations.render.renderer import ValidationResultsPageRenderer
+    from great_expectations.render.view import DefaultJinjaPageView
+
+    return ExpectationSuiteValidationResultSchema(), ValidationResultsPageRenderer(), DefaultJinjaPageView()
+
+
 def _passed_docs(settings: Settings, layout: Layout, day: dt.date, gx_result: dict[str, Any]) -> None:
     """GX Data Docs of a committed batch (``validate.data_docs``): GX's validation results page,
     rendered from the result the check already has (0.1 s; a checkpoint re-validating to
     build a docs site takes 1.4 s), written whole beside the day's report, then published.
     The batch is committed already: a page that cannot be written is a warning."""
-    from great_expectations.core.expectation_validation_result import ExpectationSuiteValidationResultSchema
-    from great_expectations.render.renderer import ValidationResultsPageRenderer
-    from great_expectations.render.view import DefaultJinjaPageView
-
     page = layout.reports / "validation" / "docs" / f"{day}.html"
     try:
-        loaded = ExpectationSuiteValidationResultSchema().load(json.loads(json.dumps(gx_result, default=str)))
-        html = DefaultJinjaPageView().render(ValidationResultsPageRenderer().render(loaded))
+        schema, renderer, view = _page_tools()
+        loaded = schema.load(json.loads(json.dumps(gx_result, default=str)))
+        html = view.render(renderer.render(loaded))
         atomic_write_text(page, html)
         publish_files(settings, [(f"reports/validation/docs/{day}.html", page)])
     except Exception as exc:

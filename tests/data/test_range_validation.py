@@ -1,0 +1,101 @@
+"""A range of days validated in blocks (the row rules of a block's days in one GX run, the
+per-batch rules day by day) against every day in its own run (``validate.block_days: 1``, the
+path of a nightly run): the same validated store and data version, the same reports, and for
+broken days the same rejections, in one command each on the same landed files."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from pipelines.errors import BatchRejected
+from pipelines.schema import REQUIRED_COLUMNS
+from tests.conftest import make_workspace
+
+DAYS = "2013-01-01:2013-01-14"  # bounds are learned from the 8th day on (min_history_days: 7)
+
+
+def _clock_break(frame: pd.DataFrame) -> pd.DataFrame:
+    """A row rule: one scheduled departure at 12:75."""
+    frame = frame.copy()
+    frame.loc[frame.index[3], "sched_dep_time"] = 1275
+    return frame
+
+
+def _partial_drop(frame: pd.DataFrame) -> pd.DataFrame:
+    """A per-batch rule: a fifth of the day's flights (row_count against the history)."""
+    return frame.head(len(frame) // 5)
+
+
+def _run(root: Path, block_days: int, breaks: dict[str, Any]) -> dict[str, Any]:
+    from pipelines.config import Settings, load_params
+    from pipelines.source import parse_days
+    from pipelines.steps.ingest import ingest
+    from pipelines.steps.validate import validate
+
+    settings = Settings(project_dir=root)
+    params = load_params(settings, [f"validate.block_days={block_days}"])
+    days = parse_days(None, DAYS)
+    ingest(settings, params, days)
+    for day, corrupt in breaks.items():
+        landed = root / "data/incoming" / f"{day}.parquet"
+        corrupt(pd.read_parquet(landed)).to_parquet(landed, index=False)
+    rejected = ""
+    try:
+        validate(settings, params, days)
+    except BatchRejected as exc:
+        rejected = str(exc).replace(str(root), "<ws>")
+    reports = root / "reports/validation"
+    quarantined = {}
+    for report in sorted((root / "data/quarantine").glob("*/report.json")):
+        found = json.loads(report.read_text())
+        quarantined[report.parent.name] = (found["failures"], found["rules"], found["rows"])
+    return {
+        "rejected": rejected,
+        "reports": {p.name: p.read_text() for p in sorted(reports.glob("*.json"))},
+        "tracked": (root / "data/validated.dvc").read_text(),
+        "validated": sorted(p.name for p in (root / "data/validated").glob("*.parquet")),
+        "quarantined": quarantined,
+        "docs": sorted(p.name for p in (reports / "docs").glob("*.html")),
+    }
+
+
+@pytest.mark.parametrize(
+    "breaks",
+    [
+        pytest.param({}, id="clean"),
+        # day 5 breaks a row rule (its block goes the daily way); day 11 a per-batch rule
+        pytest.param({"2013-01-05": _clock_break, "2013-01-11": _partial_drop}, id="broken-days"),
+    ],
+)
+def test_blocks_give_the_outputs_of_daily_runs(tmp_path: Path, breaks: dict[str, Any]) -> None:
+    daily = _run(make_workspace(tmp_path / "daily"), 1, breaks)
+    blocks = _run(make_workspace(tmp_path / "blocks"), 7, breaks)
+    assert blocks == daily
+    assert len(daily["validated"]) == 14 - len(breaks)
+    assert len(daily["docs"]) == 14 - len(breaks)
+    if breaks:
+        assert set(daily["quarantined"]) == set(breaks)
+        assert "2013-01-05" in daily["rejected"] and "clock_times" in daily["rejected"]
+        assert "2013-01-11" in daily["rejected"] and "row_count" in daily["rejected"]
+        learned = json.loads(daily["reports"]["2013-01-12.json"])["bounds"]
+        assert learned["learned"] and learned["history_days"] == 9, learned  # neither day 5 nor day 11
+
+
+def test_a_day_page_says_its_row_rules_were_checked_with_the_block(tmp_path: Path) -> None:
+    """The Data Docs page of a day validated in a block: every expectation of the suite,
+    with GX's own rendering, and the block its row rules were checked on."""
+    root = make_workspace(tmp_path / "ws")
+    _run(root, 31, {})
+    page = (root / "reports/validation/docs/2013-01-09.html").read_text()
+    text = " ".join(re.sub(r"<[^>]+>", " ", page).split())
+    assert "row rules checked on the rows of 2013-01-01..2013-01-14 together" in text
+    assert "Evaluated Expectations 59 Successful Expectations 59" in text, text[:3000]
+    assert text.count("values must never be null") == len(REQUIRED_COLUMNS)  # row rules, as GX renders them
+    rows = json.loads((root / "reports/validation/2013-01-09.json").read_text())["rows"]
+    assert re.search(rf"less than or equal to \d+ rows\. {rows} ", text), "the day's own row count"
