@@ -13,6 +13,7 @@ export DO_NOT_TRACK := true
 
 DEMO_DATES ?= 2013-01-01:2013-01-31
 PYTEST_ARGS ?=
+PYTEST_WORKERS ?= 2
 
 .PHONY: demo test lint env clean-demo airflow airflow-stop bench serve
 
@@ -48,8 +49,10 @@ bench: env
 serve: env
 	$(VENV)/bin/mlops serve --port 8000
 
+# two workers (pytest-xdist), handed one test at a time (the long scenarios first: tests/conftest.py);
+# PYTEST_WORKERS=0 runs everything in one process
 test: env
-	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -n $(PYTEST_WORKERS) --maxschedchunk 1 $(PYTEST_ARGS)
 
 lint: env
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/mypy pipelines

@@ -39,9 +39,12 @@ setup() {
     return
   fi
   export DEBIAN_FRONTEND=noninteractive
+  # one apt at a time on this machine (scripts/browser.sh may be installing too: parallel tests)
+  exec 8>/tmp/mlops-apt.lock && flock -w 1200 8
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends podman runc mmdebstrap uidmap slirp4netns \
     fuse-overlayfs containernetworking-plugins > "$state/apt.log" 2>&1 || { tail -20 "$state/apt.log"; exit 1; }
+  exec 8>&-
 }
 
 build_base() {

@@ -171,3 +171,25 @@ def _no_leaked_tracking_uri() -> Iterator[None]:
                  "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER",
                  "MLFLOW_HTTP_REQUEST_TIMEOUT"):  # fmt: skip
         os.environ.pop(name, None)
+
+
+# the scenarios that take minutes each, longest first: under pytest-xdist (`make test`: two
+# workers, tests handed out one at a time) each worker starts with two of them, so that no
+# worker is left running one alone at the end
+LONG_FIRST = (
+    "tests/profile/test_scaled_out.py::test_celery",
+    "tests/dags/test_forms.py",
+    "tests/profile/test_scaled_out.py::test_docker",
+    "tests/dags/test_scheduler.py",
+    "tests/e2e/",
+    "tests/data/test_contract.py::test_every_real_day",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if getattr(config.option, "numprocesses", None):
+
+        def rank(item: pytest.Item) -> int:
+            return next((i for i, p in enumerate(LONG_FIRST) if item.nodeid.startswith(p)), len(LONG_FIRST))
+
+        items.sort(key=rank)  # stable: file order otherwise

@@ -524,10 +524,10 @@ def test_celery_profile_nightly_retrain_s3_and_mlflow_faults(profile_factory: An
         )
         rollback = (ws, ["rollback", "--expect", champion_before, "--to", back_to, "--reason", f"rollback race {trial}"],
                     "rollback.infra-checked")  # fmt: skip
-        # the third trial gives the rollback a head start of a fraction of a second: both
+        # the third trial gives the rollback a head start of 2 s (ample on a busy machine): both
         # outcomes of the race are exercised (the promotion then finds another champion)
         results = p.race(
-            rollback, forced, p.state / f"rollback-race-{trial}", head_start=0.3 if trial == 2 else 0.0
+            rollback, forced, p.state / f"rollback-race-{trial}", head_start=2.0 if trial == 2 else 0.0
         )
         codes = [r.returncode for r in results]
         assert sorted(codes) == [0, 3], [(r.returncode, r.stderr[-1500:]) for r in results]
