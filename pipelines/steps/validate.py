@@ -83,9 +83,13 @@ class RowsChecked:
         from pipelines.expectations import SUITE_NAME
 
         results = [*self.result["results"], *batch_result["results"]]
-        statistics = {**batch_result.get("statistics", {}), "evaluated_expectations": len(results),
-                      "successful_expectations": len(results), "unsuccessful_expectations": 0,
-                      "success_percent": 100.0}  # fmt: skip
+        statistics = {
+            **batch_result.get("statistics", {}),
+            "evaluated_expectations": len(results),
+            "successful_expectations": len(results),
+            "unsuccessful_expectations": 0,
+            "success_percent": 100.0,
+        }
         # the run name is what GX's page shows of it (the row rules' percentages are the
         # block's: 0% unexpected, as for the day)
         note = f"row rules checked on the rows of {self.label} together ({self.rows} rows, one run)"
@@ -187,9 +191,11 @@ class Validator:
             prepared = self.prepare(batch, day, history, derived=rows.derived.pop(day))
             assert not isinstance(prepared, list), "the block's batches passed the schema stage"
             frame, limits = prepared
-            run = self._validation("batch").run(batch_parameters={"dataframe": frame},
-                                                expectation_parameters=limits.parameters(),
-                                                result_format=_RESULT_FORMAT)  # fmt: skip
+            run = self._validation("batch").run(
+                batch_parameters={"dataframe": frame},
+                expectation_parameters=limits.parameters(),
+                result_format=_RESULT_FORMAT,
+            )
             if run.success:
                 kept = contract.statistics(batch, self.late_threshold)
                 return Checked(day, len(batch), [], rows.merged(run.to_json_dict()), kept, limits)
@@ -204,9 +210,11 @@ class Validator:
                 None,
             )
         frame, limits = prepared
-        run = self._validation("all").run(batch_parameters={"dataframe": frame},
-                                          expectation_parameters=limits.parameters(),
-                                          result_format=_RESULT_FORMAT)  # fmt: skip
+        run = self._validation("all").run(
+            batch_parameters={"dataframe": frame},
+            expectation_parameters=limits.parameters(),
+            result_format=_RESULT_FORMAT,
+        )
         failures = describe_failures(run.results, frame, limits)
         statistics = None if failures else contract.statistics(batch, self.late_threshold)
         return Checked(day, len(batch), failures, run.to_json_dict(), statistics, limits)
