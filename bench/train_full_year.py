@@ -93,8 +93,10 @@ def main() -> None:
         shutil.copy(REPO / name, root / name)
     shutil.copytree(REPO / "pipelines", root / "pipelines", ignore=shutil.ignore_patterns("__pycache__"))
     params = (REPO / "params.yaml").read_text()
-    params = params.replace("window_days: 30 ", f"window_days: {args.days} ").replace(
-        "holdout_days: 5 ", f"holdout_days: {args.holdout_days} "
+    params = (
+        params.replace("window_days: 30 ", f"window_days: {args.days} ")
+        .replace("holdout_days: 5 ", f"holdout_days: {args.holdout_days} ")
+        .replace("min_window_days: 14 ", f"min_window_days: {max(14, args.holdout_days + 1)} ")
     )
     (root / "params.yaml").write_text(params)
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "MLOPS_PROJECT_DIR": str(root),
