@@ -34,6 +34,10 @@ Scheduled at 03:00 UTC (`MLOPS_NIGHTLY_CRON` changes it; `none` = manual/backfil
   `data/incoming` by a run that did not finish, or `ingest.replay_start` on an empty store.
   Past 2013-12-31 ingest exits 99 and the run is skipped. The other tasks use the day ingest
   landed.
+- **A range** (`date` and `through`): every task takes the whole range in one process (one
+  import, one champion load, validation in blocks): a backfill of a month in one run. Each
+  day's batch, prediction log and reports are those of a run for that day alone; a rejected
+  day fails validate after the others are stored (start the next range after it).
 - **ingest/validate**: the day's flights (package replay or landing zone) and the GX suite;
   a failing batch is quarantined and the run fails with the reason (alert sent).
 - **score**: the champion scores the day (prediction log). **monitor**: Evidently drift of the
@@ -60,6 +64,14 @@ Every task is idempotent per batch date. Runbook: docs/runbooks/drift.md.
             title="Batch date",
             description="A 2013 day (YYYY-MM-DD) to replay; empty = the replay clock's next day.",
         ),
+        "through": Param(
+            None,
+            type=["null", "string"],
+            pattern=r"^2013-\d{2}-\d{2}$",
+            title="Through (a range)",
+            description="With a batch date: replay every day from it through this one in this run, each "
+            "task one process for the whole range (a fast backfill); empty = one day.",
+        ),
     },
 )
 def nightly() -> None:
@@ -84,7 +96,11 @@ def nightly() -> None:
             result.get("date"),
         )  # fmt: skip
         yield Metadata(
-            DRIFT, {k: result.get(k) for k in ("date", "reasons", "drift_share", "champion_version", "live")}
+            DRIFT,
+            {
+                k: result.get(k)
+                for k in ("date", "reasons", "drift_share", "champion_version", "live", "breach_days")
+            },
         )
 
     ingest >> validate >> score >> monitor >> signal_retraining()

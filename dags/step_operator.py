@@ -44,11 +44,12 @@ PASSTHROUGH = (
     "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
 )  # fmt: skip
 
-# The day a nightly run replays: the `date` Param when given, a 2013 logical date (a
-# backfill over 2013), else the replay clock's next day (`mlops ingest --date next`). The
-# other tasks of the run use the day ingest landed (its result), never a date of their own.
+# The day a nightly run replays: the `date` Param when given (with `through`: the range
+# date..through, each task one process for the range), a 2013 logical date (a backfill over
+# 2013), else the replay clock's next day (`mlops ingest --date next`). The other tasks of the
+# run use the day (or range) ingest landed (its result), never a date of their own.
 INGEST_DATE = "{{ batch_date(dag_run, params) }}"
-BATCH_DATE = "{{ step_result(ti.xcom_pull(task_ids='ingest')).get('date') }}"
+BATCH_DATE = "{{ step_result(ti.xcom_pull(task_ids='ingest')).get('date') or step_result(ti.xcom_pull(task_ids='ingest')).get('dates') }}"
 OVERRIDES = "{{ overrides_json(params) }}"
 # The MLflow run the train task of the same DAG run produced (register and promote take it)
 TRAINED_RUN = "{{ step_result(ti.xcom_pull(task_ids='train')).get('run_id', '') }}"
@@ -67,6 +68,11 @@ def batch_date(dag_run: Any, params: dict[str, Any] | None = None) -> str:
     run today never maps today's calendar date onto 2013: unpausing, catching up or a backfill
     over other years cannot insert a far-away day into the history."""
     explicit = (params or {}).get("date")
+    through = (params or {}).get("through")
+    if through and not explicit:
+        raise ValueError("the `through` Param needs a `date` (the first day of the range)")
+    if explicit and through and str(through) != str(explicit):
+        return f"{explicit}:{through}"  # a range run: each task takes the range in one process
     if explicit:
         return str(explicit)
     when = getattr(dag_run, "logical_date", None)

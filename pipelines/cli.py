@@ -42,15 +42,17 @@ def _build_parser() -> argparse.ArgumentParser:
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                        help="override a params.yaml value for this run (repeatable)")  # fmt: skip
         if dated:
-            p.add_argument("--date", help="the batch date, YYYY-MM-DD")
-            p.add_argument("--dates", help="an inclusive range FIRST:LAST (backfill)")
+            p.add_argument("--date", help="the batch date, YYYY-MM-DD (FIRST:LAST: a range, as --dates)")
+            p.add_argument("--dates", help="an inclusive range FIRST:LAST (a backfill in one process)")
         return p
 
     step("ingest", "land a day's flights (joined with weather) as a batch file; --date next: the replay "
          "clock's next day", dated=True)  # fmt: skip
     step("validate", "validate landed batches; passing ones join the DVC-tracked data", dated=True)
-    step("score", "score a validated day's flights with the champion (prediction log)", dated=True)
-    step("monitor", "drift (Evidently) and live performance of the champion for a day", dated=True)
+    step("score", "score a validated day's flights with the champion (prediction log); a range: "
+         "each day", dated=True)  # fmt: skip
+    step("monitor", "drift (Evidently) and live performance of the champion for a day; a range: each "
+         "day", dated=True)  # fmt: skip
     rt = step("retrain", "dvc repro the training core on a locked snapshot, with --set overrides")
     rt.add_argument("--stage", choices=["featurize", "train", "evaluate"],
                     help="one DVC stage only (the retrain DAG runs one task per stage); evaluate exits 99 "
@@ -183,25 +185,16 @@ def _run_validate(settings: Any, params: Any, args: argparse.Namespace) -> Any:
     return validate(settings, params, _days(args))
 
 
-def _one_day(args: argparse.Namespace) -> Any:
-    days = _days(args)
-    if len(days) != 1:
-        from pipelines.config import ConfigError
-
-        raise ConfigError(f"mlops {args.step} takes one day (--date), got {len(days)}")
-    return days[0]
-
-
 def _run_score(settings: Any, params: Any, args: argparse.Namespace) -> Any:
-    from pipelines.steps.score import score
+    from pipelines.steps.score import score_days
 
-    return score(settings, params, _one_day(args))
+    return score_days(settings, params, _days(args))
 
 
 def _run_monitor(settings: Any, params: Any, args: argparse.Namespace) -> Any:
-    from pipelines.steps.monitor import monitor
+    from pipelines.steps.monitor import monitor_days
 
-    return monitor(settings, params, _one_day(args))
+    return monitor_days(settings, params, _days(args))
 
 
 def _run_retrain(settings: Any, params: Any, args: argparse.Namespace) -> Any:

@@ -233,9 +233,12 @@ def parse_day(text: str) -> dt.date:
 
 
 def parse_days(date: str | None, dates: str | None) -> list[dt.date]:
-    """``--date D`` or ``--dates FIRST:LAST`` (inclusive) -> list of days."""
+    """``--date D`` or ``--dates FIRST:LAST`` (inclusive) -> list of days. ``--date`` also
+    takes a range (a nightly run over a range passes one templated argument)."""
     if bool(date) == bool(dates):
         raise ConfigError("give exactly one of --date YYYY-MM-DD or --dates FIRST:LAST")
+    if date and ":" in date:
+        date, dates = None, date
     if date:
         return [parse_day(date)]
     assert dates is not None

@@ -32,6 +32,7 @@ class IngestResult:
     landed: dict[str, int] = field(default_factory=dict)  # day -> rows
     rejected: dict[str, str] = field(default_factory=dict)  # day -> reason line
     date: str | None = None  # the day of a one-day run (what the next tasks of a nightly run use)
+    dates: str | None = None  # FIRST:LAST of a range run (what the next tasks of a range run use)
 
 
 def next_day(layout: Layout, replay_start: str) -> dt.date:
@@ -73,6 +74,8 @@ def ingest(settings: Settings, params: Params, days: list[dt.date] | None) -> In
         days = [day]
     if len(days) == 1:
         result.date = days[0].isoformat()
+    else:
+        result.dates = f"{days[0]}:{days[-1]}"
     for day in days:
         try:
             flights = source.fetch(day)

@@ -120,6 +120,12 @@ def test_batch_date_is_a_2013_date_or_the_replay_clock() -> None:
     assert batch_date(run(dt.datetime(2028, 2, 29, 3, tzinfo=dt.UTC))) == "next"
     assert batch_date(SimpleNamespace(logical_date=None, run_after=dt.datetime(2026, 3, 1)), {}) == "next"
     assert batch_date(run(dt.datetime(2026, 1, 1)), {"date": "2013-05-05"}) == "2013-05-05"
+    # a range run: every task takes FIRST:LAST (one process for the range)
+    range_params = {"date": "2013-02-01", "through": "2013-02-28"}
+    assert batch_date(run(dt.datetime(2026, 1, 1)), range_params) == "2013-02-01:2013-02-28"
+    assert batch_date(run(None), {"date": "2013-02-01", "through": "2013-02-01"}) == "2013-02-01"
+    with pytest.raises(ValueError, match="needs a `date`"):
+        batch_date(run(None), {"date": None, "through": "2013-02-28"})
 
 
 def test_params_become_json_overrides_never_shell_words() -> None:

@@ -4,7 +4,7 @@
 run it starts must succeed.
 
 - nightly: empty -> the replay clock's next day (2013-02-01 after a validated January);
-  a date -> that day.
+  a date -> that day; a date and "through" -> the range in one run.
 - retrain: empty -> params.yaml; a reason that is too short is refused with a message naming
   the field (Airflow validates `pattern` on submit; only `required` is checked as you type);
   values + a reason -> a forced promotion recorded with the UI user as the actor.
@@ -146,6 +146,17 @@ def test_trigger_forms_with_defaults_and_with_values(ui: tuple[Api, Any, Path]) 
     assert run["conf"]["date"] == "2013-02-02"
     assert result(api, "nightly", run["dag_run_id"], "ingest")["date"] == "2013-02-02"
     assert (workspace / "data/validated/2013-02-02.parquet").exists()
+    # nightly, a range (a backfill in one run: each task one process for the range)
+    dialog = open_form(api, page, "nightly")
+    assert field(dialog, "through").input_value() == ""
+    field(dialog, "date").fill("2013-02-03")
+    field(dialog, "through").fill("2013-02-05")
+    run = submit(api, page, dialog, "nightly", "nightly-range")
+    assert result(api, "nightly", run["dag_run_id"], "ingest")["dates"] == "2013-02-03:2013-02-05"
+    monitored = result(api, "nightly", run["dag_run_id"], "monitor")
+    assert sorted(monitored["drift_shares"]) == ["2013-02-03", "2013-02-04", "2013-02-05"], monitored
+    for day in ("2013-02-03", "2013-02-04", "2013-02-05"):
+        assert (workspace / f"reports/monitor/{day}/drift.html").exists()
 
     # retrain, defaults: every field empty (params.yaml decides); the gate decides
     dialog = open_form(api, page, "retrain")
