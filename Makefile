@@ -43,6 +43,7 @@ bench: env
 	$(VENV)/bin/python bench/train_full_year.py
 	$(VENV)/bin/python bench/validate_year.py
 	$(VENV)/bin/python bench/monitor_day.py
+	$(VENV)/bin/python bench/backfill_range.py
 	$(VENV)/bin/python bench/serve_load.py   # needs a champion: run `make demo` first
 
 # the champion behind the REST API on 127.0.0.1:8000 (after `make demo`)
