@@ -53,6 +53,13 @@ def timed(argv: list[str], env: dict[str, str], cwd: Path) -> float:
 
 
 def main() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the workspace (to profile `mlops monitor` in it)"
+    )
+    args = parser.parse_args()
     sys.path.insert(0, str(REPO))
     from tests.conftest import make_workspace, train_champion
 
@@ -105,7 +112,10 @@ def main() -> None:
     print(f"10x the rows: mlops monitor {results[70][0] / results[7][0]:.2f}x the time "
           f"(bare {results[70][1] / results[7][1]:.2f}x)")  # fmt: skip
     print("goal (issue 14): <= 1.2x the bare report; 10x the rows <= 3x the time")
-    shutil.rmtree(root, ignore_errors=True)
+    if args.keep:
+        print(f"workspace kept: {ws} (MLOPS_PROJECT_DIR={ws} mlops monitor --date 2013-03-31)")
+    else:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":
