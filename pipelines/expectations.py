@@ -42,12 +42,28 @@ def _p(name: str) -> dict[str, str]:
 # tolerance: `mostly`): they need one run per day. Every other rule holds row by row, so a
 # range of days keeps it exactly when the days' rows together do: one run for the range.
 PER_BATCH_RULES = frozenset({r.id for r in contract.RULES if r.kind == "distribution"} | {"weather_ranges"})
-PARTS = ("all", "rows", "batch")
+# A tolerance (`mostly`) is per batch too, but where no row of a range breaks it, no day of
+# the range does: a range's run of the row rules also runs these, and the days need them in
+# their own run only when some row of the range was outside.
+TOLERANCE_RULES = frozenset({"weather_ranges"})
+# all | batch (the per-batch rules) | block (the row rules and the tolerances, for a range's
+# rows) | learned (the per-batch rules but the tolerances)
+PARTS = ("all", "batch", "block", "learned")
+
+
+def _in_part(rule: str, part: str) -> bool:
+    per_batch, tolerance = rule in PER_BATCH_RULES, rule in TOLERANCE_RULES
+    return {
+        "all": True,
+        "batch": per_batch,
+        "block": not per_batch or tolerance,
+        "learned": per_batch and not tolerance,
+    }[part]
 
 
 def build_suite(validate_params: dict[str, Any], part: str = "all") -> gx.ExpectationSuite:
     """The expectations a batch must meet (after :func:`pipelines.contract.derive`): all of
-    them, or only the row rules (``rows``) or only the per-batch rules (``batch``)."""
+    them, or the part named (see ``PARTS``)."""
     import great_expectations as gx
 
     assert part in PARTS, part
@@ -57,7 +73,7 @@ def build_suite(validate_params: dict[str, Any], part: str = "all") -> gx.Expect
 
     def add(rule: str, kind: Any, **kwargs: Any) -> None:
         assert rule in contract.BY_ID, rule
-        if (part == "rows" and rule in PER_BATCH_RULES) or (part == "batch" and rule not in PER_BATCH_RULES):
+        if not _in_part(rule, part):
             return
         suite.add_expectation(kind(**kwargs, meta={"rule": rule}))
 

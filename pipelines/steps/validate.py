@@ -73,9 +73,12 @@ class RowsChecked:
 
     label: str  # first..last day of the block
     rows: int
-    result: dict[str, Any]
+    result: dict[str, Any]  # the block's run: its row rules, and its tolerances if clear
     batches: dict[dt.date, Any] = field(default_factory=dict)
     derived: dict[dt.date, Any] = field(default_factory=dict)
+    # no row of the block broke a tolerance (``mostly``): no day can, and the days' own runs
+    # leave the tolerances out (their results are the block's)
+    tolerances_clear: bool = False
 
     def merged(self, batch_result: dict[str, Any]) -> dict[str, Any]:
         """One day's result: its per-batch rules (its own run) and the row rules (the block's
@@ -93,6 +96,8 @@ class RowsChecked:
         # the run name is what GX's page shows of it (the row rules' percentages are the
         # block's: 0% unexpected, as for the day)
         note = f"row rules checked on the rows of {self.label} together ({self.rows} rows, one run)"
+        if self.tolerances_clear:
+            note += "; the weather tolerance too (no row of them outside it)"
         meta = {**batch_result.get("meta", {}), "row_rules": note}
         meta["run_id"] = {**(meta.get("run_id") or {}), "run_name": note}
         return {
@@ -173,15 +178,29 @@ class Validator:
         checked one by one, for the same reports as a daily run."""
         import pandas as pd
 
+        from pipelines.expectations import TOLERANCE_RULES
+
         derived = {day: contract.derive(batch, day, self.late_threshold) for day, batch in block}
         frame = pd.concat(list(derived.values()), ignore_index=True)
-        run = self._validation("rows").run(
+        run = self._validation("block").run(
             batch_parameters={"dataframe": frame}, result_format=_RESULT_FORMAT
         )
-        if not run.success:
+        if not run.success:  # a row rule broke (or a tolerance, over the whole block)
             return None
+        result = run.to_json_dict()
+
+        def tolerance(item: dict[str, Any]) -> bool:
+            return (item["expectation_config"].get("meta") or {}).get("rule") in TOLERANCE_RULES
+
+        clear = all(
+            not (item["result"] or {}).get("unexpected_count")
+            for item in result["results"]
+            if tolerance(item)
+        )
+        if not clear:  # some row was outside a tolerance: each day judges it in its own run
+            result["results"] = [item for item in result["results"] if not tolerance(item)]
         label = f"{block[0][0]}..{block[-1][0]}"
-        return RowsChecked(label, len(frame), run.to_json_dict(), dict(block), derived)
+        return RowsChecked(label, len(frame), result, dict(block), derived, tolerances_clear=clear)
 
     def check(
         self, batch: Any, day: dt.date, history: list[dict[str, Any]], rows: RowsChecked | None = None
@@ -191,7 +210,7 @@ class Validator:
             prepared = self.prepare(batch, day, history, derived=rows.derived.pop(day))
             assert not isinstance(prepared, list), "the block's batches passed the schema stage"
             frame, limits = prepared
-            run = self._validation("batch").run(
+            run = self._validation("learned" if rows.tolerances_clear else "batch").run(
                 batch_parameters={"dataframe": frame},
                 expectation_parameters=limits.parameters(),
                 result_format=_RESULT_FORMAT,
@@ -331,8 +350,9 @@ def validate(settings: Settings, params: Params, days: list[dt.date]) -> Validat
     accepted: list[tuple[dt.date, Path, dict[str, Any]]] = []
     history: list[dict[str, Any]] | None = None
     docs_for: list[tuple[dt.date, dict[str, Any]]] = []
-    # a range in blocks: the row rules of a block's days in one GX run, then each day's
-    # per-batch rules against the history (the daily path for a block with a broken row)
+    # a range in blocks: the row rules (and the tolerances) of a block's days in one GX run,
+    # then each day's per-batch rules against the history (the daily path for a block with a
+    # broken row)
     block_days = max(1, int(cfg.get("block_days", 31)))
     ordered = sorted(days)
     for first in range(0, len(ordered), block_days):

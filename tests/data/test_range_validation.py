@@ -32,6 +32,21 @@ def _partial_drop(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.head(len(frame) // 5)
 
 
+def _one_wind_outlier(frame: pd.DataFrame) -> pd.DataFrame:
+    """Within a tolerance: one wind speed of 1048 mph (as the source has on 2013-02-12),
+    under the 1% of rows the weather ranges allow: the day passes."""
+    frame = frame.copy()
+    frame.loc[frame.index[7], "wind_speed"] = 1048.0
+    return frame
+
+
+def _pressure_gauge_broken(frame: pd.DataFrame) -> pd.DataFrame:
+    """Beyond a tolerance: 5% of the day's rows with a pressure of 0 hPa."""
+    frame = frame.copy()
+    frame.loc[frame.index[: len(frame) // 20], "pressure"] = 0.0
+    return frame
+
+
 def _run(root: Path, block_days: int, breaks: dict[str, Any]) -> dict[str, Any]:
     from pipelines.config import Settings, load_params
     from pipelines.source import parse_days
@@ -66,23 +81,36 @@ def _run(root: Path, block_days: int, breaks: dict[str, Any]) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize(
-    "breaks",
+    ("breaks", "rejected"),
     [
-        pytest.param({}, id="clean"),
+        pytest.param({}, {}, id="clean"),
         # day 5 breaks a row rule (its block goes the daily way); day 11 a per-batch rule
-        pytest.param({"2013-01-05": _clock_break, "2013-01-11": _partial_drop}, id="broken-days"),
+        pytest.param(
+            {"2013-01-05": _clock_break, "2013-01-11": _partial_drop},
+            {"2013-01-05": "clock_times", "2013-01-11": "row_count"},
+            id="broken-days",
+        ),
+        # a tolerance: day 3 within it (its block's days then check it in their own runs),
+        # day 10 beyond it (rejected as in a daily run)
+        pytest.param(
+            {"2013-01-03": _one_wind_outlier, "2013-01-10": _pressure_gauge_broken},
+            {"2013-01-10": "weather_ranges"},
+            id="weather-tolerance",
+        ),
     ],
 )
-def test_blocks_give_the_outputs_of_daily_runs(tmp_path: Path, breaks: dict[str, Any]) -> None:
+def test_blocks_give_the_outputs_of_daily_runs(
+    tmp_path: Path, breaks: dict[str, Any], rejected: dict[str, str]
+) -> None:
     daily = _run(make_workspace(tmp_path / "daily"), 1, breaks)
     blocks = _run(make_workspace(tmp_path / "blocks"), 7, breaks)
     assert blocks == daily
-    assert len(daily["validated"]) == 14 - len(breaks)
-    assert len(daily["docs"]) == 14 - len(breaks)
-    if breaks:
-        assert set(daily["quarantined"]) == set(breaks)
-        assert "2013-01-05" in daily["rejected"] and "clock_times" in daily["rejected"]
-        assert "2013-01-11" in daily["rejected"] and "row_count" in daily["rejected"]
+    assert len(daily["validated"]) == 14 - len(rejected)
+    assert len(daily["docs"]) == 14 - len(rejected)
+    assert set(daily["quarantined"]) == set(rejected)
+    for day, rule in rejected.items():
+        assert day in daily["rejected"] and rule in daily["rejected"], daily["rejected"]
+    if "2013-01-11" in rejected:
         learned = json.loads(daily["reports"]["2013-01-12.json"])["bounds"]
         assert learned["learned"] and learned["history_days"] == 9, learned  # neither day 5 nor day 11
 
@@ -95,6 +123,7 @@ def test_a_day_page_says_its_row_rules_were_checked_with_the_block(tmp_path: Pat
     page = (root / "reports/validation/docs/2013-01-09.html").read_text()
     text = " ".join(re.sub(r"<[^>]+>", " ", page).split())
     assert "row rules checked on the rows of 2013-01-01..2013-01-14 together" in text
+    assert "the weather tolerance too (no row of them outside it)" in text
     assert "Evaluated Expectations 59 Successful Expectations 59" in text, text[:3000]
     assert text.count("values must never be null") == len(REQUIRED_COLUMNS)  # row rules, as GX renders them
     rows = json.loads((root / "reports/validation/2013-01-09.json").read_text())["rows"]
