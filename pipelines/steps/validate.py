@@ -188,17 +188,12 @@ class Validator:
         if not run.success:  # a row rule broke (or a tolerance, over the whole block)
             return None
         result = run.to_json_dict()
-
-        def tolerance(item: dict[str, Any]) -> bool:
-            return (item["expectation_config"].get("meta") or {}).get("rule") in TOLERANCE_RULES
-
-        clear = all(
-            not (item["result"] or {}).get("unexpected_count")
-            for item in result["results"]
-            if tolerance(item)
+        tolerance = [_rule(item) in TOLERANCE_RULES for item in run.results]
+        clear = not any(
+            item.result.get("unexpected_count") for item, t in zip(run.results, tolerance, strict=True) if t
         )
         if not clear:  # some row was outside a tolerance: each day judges it in its own run
-            result["results"] = [item for item in result["results"] if not tolerance(item)]
+            result["results"] = [item for item, t in zip(result["results"], tolerance, strict=True) if not t]
         label = f"{block[0][0]}..{block[-1][0]}"
         return RowsChecked(label, len(frame), result, dict(block), derived, tolerances_clear=clear)
 
@@ -266,12 +261,16 @@ def describe_failures(results: Any, frame: Any, limits: contract.Bounds) -> list
     for result in results:
         if result.success:
             continue
-        config = result.expectation_config
-        rule = (config.meta or {}).get("rule", "unknown")
+        rule = _rule(result)
         by_rule.setdefault(rule, []).append(_detail(rule, result, frame, limits))
     order = [r.id for r in contract.RULES]
     return [(rule, f"{rule} ({contract.BY_ID[rule].title}): {'; '.join(details)}")
             for rule, details in sorted(by_rule.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else 99)]  # fmt: skip
+
+
+def _rule(result: Any) -> str:
+    """The contract rule a GX expectation result checks (its ``meta.rule``)."""
+    return (result.expectation_config.meta or {}).get("rule", "unknown")
 
 
 def _detail(rule: str, result: Any, frame: Any, limits: contract.Bounds) -> str:
