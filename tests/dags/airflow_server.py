@@ -111,9 +111,9 @@ def running_airflow(workspace: Path, tmp_path: Path, **extra_env: str) -> Iterat
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
-            # idle, the components stop in ~6 s; the scheduler's LocalExecutor waits for the
-            # tasks still running (e.g. a retrain the last nightly's drift triggered), which
-            # the test no longer needs: they are killed with the rest
+            # idle, the components stop in ~6 s (measured); the browser-form test's teardown
+            # took the full 90 s: whatever still runs then, the test no longer needs it, and
+            # it is killed with the rest
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)

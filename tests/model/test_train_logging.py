@@ -34,15 +34,17 @@ def test_schema_of_real_training_table_is_mlflows(january_template: Path) -> Non
 
 def test_schema_keeps_types_and_missing_values_of_rare_rows() -> None:
     n = 5000
-    table = pd.DataFrame({
-        "code": ["AA"] * n,
-        "count": np.arange(n, dtype="int64"),
-        "small": np.ones(n, dtype="int8"),
-        "flag": [True] * n,
-        "rate": np.linspace(0, 1, n),
-        "when": pd.date_range("2013-01-01", periods=n, freq="min"),
-        "late": np.zeros(n, dtype="int8"),
-    })  # fmt: skip
+    table = pd.DataFrame(
+        {
+            "code": ["AA"] * n,
+            "count": np.arange(n, dtype="int64"),
+            "small": np.ones(n, dtype="int8"),
+            "flag": [True] * n,
+            "rate": np.linspace(0, 1, n),
+            "when": pd.date_range("2013-01-01", periods=n, freq="min"),
+            "late": np.zeros(n, dtype="int8"),
+        }
+    )
     table.loc[n - 1, "rate"] = np.nan  # one missing value, in the last row
     table.loc[n - 2, "code"] = None
     fast = training_dataset(table, source="x", name="x").schema
