@@ -65,10 +65,19 @@ build_image() {
 
 serve() {
   if [ -S "$state/podman.sock" ] && [ -f "$state/service.pid" ] && kill -0 "$(cat "$state/service.pid")" 2>/dev/null; then
-    return
+    # the service outlives the checkout that started it: one whose working directory was
+    # deleted (a removed clone) starts no container ("conmon: Failed to get working
+    # directory"), so it is replaced
+    case "$(readlink "/proc/$(cat "$state/service.pid")/cwd")" in
+      *" (deleted)") ;;
+      *) return ;;
+    esac
+    echo "podman service $(cat "$state/service.pid") lost its working directory: restarting it"
+    stop
   fi
   rm -f "$state/podman.sock"
-  nohup podman system service --time=0 "unix://$state/podman.sock" > "$state/service.log" 2>&1 &
+  # from / : the service must not depend on the folder it was started from
+  (cd / && exec nohup podman system service --time=0 "unix://$state/podman.sock" > "$state/service.log" 2>&1) &
   echo $! > "$state/service.pid"
   for _ in $(seq 1 50); do [ -S "$state/podman.sock" ] && break; sleep 0.2; done
   [ -S "$state/podman.sock" ] || { cat "$state/service.log"; exit 1; }
@@ -76,7 +85,14 @@ serve() {
 }
 
 stop() {
-  if [ -f "$state/service.pid" ]; then kill "$(cat "$state/service.pid")" 2>/dev/null || true; rm -f "$state/service.pid"; fi
+  if [ -f "$state/service.pid" ]; then
+    local pid
+    pid=$(cat "$state/service.pid")
+    kill "$pid" 2>/dev/null || true
+    # gone before a new service takes the socket (the old one removes it as it exits)
+    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+    rm -f "$state/service.pid"
+  fi
 }
 
 env_lines() {
