@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import operator
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pipelines.intervals import Interval
 
 _OPS = {">=": operator.ge, "<=": operator.le}
 
@@ -22,6 +25,9 @@ class Check:
     op: str
     verdict: str = "skipped"  # pass | fail | skipped
     detail: str = ""
+    # the point estimate and its bootstrap interval ([1 - c, c] quantiles; see pipelines.intervals)
+    estimate: float | None = None
+    interval: list[float] | None = None
 
     @classmethod
     def compare(
@@ -29,6 +35,10 @@ class Check:
     ) -> Check:
         ok = _OPS[op](value, threshold)
         return cls(name, kind, round(value, 5), round(threshold, 5), op, "pass" if ok else "fail", detail)
+
+    def with_interval(self, interval: Interval) -> Check:
+        self.estimate, self.interval = round(interval.estimate, 5), interval.as_list()
+        return self
 
     @classmethod
     def skipped(cls, name: str, kind: str, detail: str) -> Check:
@@ -52,6 +62,9 @@ class GateReport:
     checks: list[Check] = field(default_factory=list)
     evaluated_at: str = ""
     thresholds: dict[str, Any] = field(default_factory=dict)
+    # how challenger and champion were compared: the holdout days unseen by both, the rows,
+    # the champion's training days, the bootstrap (None when there is no champion)
+    comparison: dict[str, Any] | None = None
 
     @property
     def failed(self) -> list[Check]:
@@ -95,20 +108,65 @@ class GateReport:
             f"- window: {self.window.get('start')} .. {self.window.get('end')}; "
             f"holdout {self.holdout['start']} .. {self.holdout['end']} "
             f"({self.holdout['rows']} flights, late rate {self.holdout['late_rate']:.3f})",
-            "- champion compared on the same holdout: "
+            "- champion: "
             + (f"v{self.champion_version} (run `{self.champion['run_id']}`)" if self.champion else "none (first model)"),
-            f"- evaluated at {self.evaluated_at}", "",
-            "| check | kind | value | op | threshold | verdict | detail |",
-            "|---|---|---|---|---|---|---|",
+            f"- evaluated at {self.evaluated_at}",
+            *self._comparison_lines(), "",
+            f"| check | kind | value | op | threshold | verdict | estimate ({self._band()}) | detail |",
+            "|---|---|---|---|---|---|---|---|",
         ]  # fmt: skip
         for c in self.checks:
             mark = {"pass": "pass", "fail": "**FAIL**", "skipped": "skipped"}[c.verdict]
             shown = "" if c.value is None else f"{c.value:.4f}"
             threshold = "" if c.threshold is None else f"{c.threshold:.4f}"
-            lines.append(f"| {c.name} | {c.kind} | {shown} | {c.op} | {threshold} | {mark} | {c.detail} |")
+            band = (
+                ""
+                if c.estimate is None or c.interval is None
+                else f"{c.estimate:.4f} ({c.interval[0]:.4f}..{c.interval[1]:.4f})"
+            )
+            lines.append(
+                f"| {c.name} | {c.kind} | {shown} | {c.op} | {threshold} | {mark} | {band} | {c.detail} |"
+            )
         lines += ["", "## Metrics on the holdout", "", "| metric | challenger | champion |", "|---|---|---|"]
         champ = (self.champion or {}).get("metrics", {})
+        if self.comparison and self.comparison["overlap_days"]:
+            lines += [
+                "",
+                "(the champion's column is on the whole holdout, days it was trained on included)",
+                "",
+            ]
         for key, value in self.challenger.items():
             other = champ.get(key)
             lines.append(f"| {key} | {value:.4f} | {'' if other is None else f'{other:.4f}'} |")
         return "\n".join(lines) + "\n"
+
+    def _band(self) -> str:
+        confidence = self.thresholds.get("confidence")
+        if not confidence:
+            return "interval"
+        return f"{1 - confidence:.0%}..{confidence:.0%} bootstrap interval"
+
+    def _comparison_lines(self) -> list[str]:
+        c = self.comparison
+        if not c:
+            return []
+        trained = c["champion_trained"]
+        seen = (
+            f"champion trained on {trained['start']}..{trained['end']}"
+            if trained
+            else "champion's days unknown"
+        )
+        if c["whole_holdout"]:
+            where = (f"on the whole holdout ({c['rows']} flights): every day of it was in the champion's training "
+                     f"days ({seen}), which favours the champion; a pass still holds, a failure may not")  # fmt: skip
+        else:
+            where = (f"on the {len(c['unseen_days'])} of {c['days']} holdout days unseen by both models, "
+                     f"{c['rows']} flights ({seen}"
+                     + (f"; left out: {', '.join(c['overlap_days'])}" if c["overlap_days"] else "") + ")")  # fmt: skip
+        return [
+            f"- challenger vs champion {where}",
+            f"- rule: the challenger passes when, at confidence {c['confidence']:.0%}, it is not worse than the "
+            f"champion by more than the margin (paired bootstrap of the flights, {c['resamples']} resamples, "
+            f"seed {c['seed']}: the bound is the {1 - c['confidence']:.0%} or {c['confidence']:.0%} quantile "
+            "of the difference)",
+        ]

@@ -160,6 +160,13 @@ class Evaluate(Section):
     min_brier_skill: float = Field(ge=-10, le=1, description="gate: Brier skill floor over the naive prior")
     max_auc_drop: float = Field(ge=0, le=1, description="gate: allowed ROC AUC drop vs the champion")
     max_brier_rise: float = Field(ge=0, le=1, description="gate: allowed Brier rise vs the champion")
+    confidence: float = Field(
+        ge=0.5, le=0.999, description="gate: confidence of the bounds compared with the allowed drop and rise"
+    )
+    resamples: int = Field(
+        ge=100, le=100_000, description="gate: bootstrap resamples of the holdout's flights"
+    )
+    seed: int = Field(ge=0, le=2**32 - 1, description="gate: seed of the bootstrap resamples")
     slice_columns: list[Literal["origin", "carrier", "dest"]] = Field(description="slices the gate judges")
     slice_min_rows: int = Field(ge=1, le=1_000_000, description="smaller slices are reported, not judged")
     slice_min_roc_auc: float = Field(ge=0, le=1, description="gate: ROC AUC floor per slice")

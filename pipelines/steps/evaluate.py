@@ -15,7 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipelines import faults, schema
 from pipelines.config import Params, Settings
@@ -24,6 +24,9 @@ from pipelines.gate import Check, GateReport
 from pipelines.layout import Layout
 from pipelines.registry import CHAMPION, Registry, rolled_back
 from pipelines.storage import atomic_write_text
+
+if TYPE_CHECKING:
+    from pipelines.intervals import Resamples
 
 log = logging.getLogger(__name__)
 
@@ -72,14 +75,19 @@ def evaluate(settings: Settings, params: Params) -> GateReport:
     prior = float(window["train_late_rate"])
     metrics = holdout_metrics(y, proba, prior)
 
+    from pipelines.intervals import Resamples
+
     registry = Registry(settings, params.get("promote.model_name"))
     champion = registry.alias(CHAMPION)
-    champion_info = None
+    resamples = Resamples(len(holdout), cfg["resamples"], cfg["seed"], cfg["confidence"])
+    champion_info = comparison = champ_proba = None
     if champion is not None:
         champ_model = mlflow.sklearn.load_model(registry.model_uri(champion))
         champ_proba = champ_model.predict_proba(X)[:, 1]
         champion_info = {"version": champion.version, "run_id": champion.run_id,
                          "metrics": holdout_metrics(y, champ_proba, prior)}  # fmt: skip
+        comparison = compared_days(holdout["batch_date"], trained_days(registry, champion))
+        comparison.update(resamples=cfg["resamples"], seed=cfg["seed"], confidence=cfg["confidence"])
 
     report = GateReport(
         run_id=trained["run_id"], model_uri=trained["model_uri"], data_version=trained["data_version"],
@@ -88,8 +96,11 @@ def evaluate(settings: Settings, params: Params) -> GateReport:
                  "late_rate": metrics["late_rate"]},
         challenger=metrics, champion=champion_info,
         evaluated_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), thresholds=dict(cfg),
+        comparison=comparison,
     )  # fmt: skip
-    report.checks = gate_checks(metrics, champion_info, holdout, proba, cfg)
+    report.checks = gate_checks(
+        metrics, champion_info, holdout, proba, cfg, resamples, champ_proba, comparison
+    )
     report.checks.append(history_check(registry.audit_records(), trained.get("fingerprint", "")))
     faults.point("evaluate.scored")
     _write_outputs(layout, report, y, proba)
@@ -99,30 +110,81 @@ def evaluate(settings: Settings, params: Params) -> GateReport:
     return report
 
 
+def trained_days(registry: Registry, champion: Any) -> tuple[str, str] | None:
+    """The first and last day the champion was fitted on (its run's window start and the day
+    before its holdout), or None when its run does not say."""
+    tags = registry.client.get_run(champion.run_id).data.tags
+    start, holdout_start = tags.get("mlops.window_start"), tags.get("mlops.holdout_start")
+    if not start or not holdout_start:
+        return None
+    return start, (dt.date.fromisoformat(holdout_start) - dt.timedelta(days=1)).isoformat()
+
+
+def compared_days(batch_date: Any, seen: tuple[str, str] | None) -> dict[str, Any]:
+    """Which holdout days challenger and champion are compared on: those unseen by both (the
+    challenger never trains on its holdout). When the champion was fitted on every one of
+    them, the whole holdout, flagged: that comparison favours the champion."""
+    days = sorted(batch_date.unique())
+    overlap = [d for d in days if seen and seen[0] <= d <= seen[1]]
+    unseen = [d for d in days if d not in overlap]
+    whole = not unseen
+    rows = int(len(batch_date) if whole else batch_date.isin(unseen).sum())
+    return {
+        "days": len(days), "unseen_days": unseen, "overlap_days": overlap, "whole_holdout": whole, "rows": rows,
+        "champion_trained": {"start": seen[0], "end": seen[1]} if seen else None,
+    }  # fmt: skip
+
+
 def gate_checks(
-    metrics: dict[str, float], champion: dict[str, Any] | None, holdout: Any, proba: Any, cfg: dict[str, Any]
+    metrics: dict[str, float],
+    champion: dict[str, Any] | None,
+    holdout: Any,
+    proba: Any,
+    cfg: dict[str, Any],
+    resamples: Resamples,
+    champ_proba: Any = None,
+    comparison: dict[str, Any] | None = None,
 ) -> list[Check]:
+    """Floors on the challenger's point estimates (each with its interval), the comparison
+    with the champion by the bounds of the paired differences, and the slices."""
+    y = holdout[schema.TARGET]
     checks = [
-        Check.compare("roc_auc floor", "floor", metrics["roc_auc"], ">=", cfg["min_roc_auc"]),
-        Check.compare("brier ceiling", "floor", metrics["brier"], "<=", cfg["max_brier"]),
+        Check.compare("roc_auc floor", "floor", metrics["roc_auc"], ">=", cfg["min_roc_auc"]).with_interval(
+            resamples.auc(y, proba)
+        ),
+        Check.compare("brier ceiling", "floor", metrics["brier"], "<=", cfg["max_brier"]).with_interval(
+            resamples.brier(y, proba)
+        ),
         Check.compare(
             "brier skill vs naive prior", "floor", metrics["brier_skill"], ">=", cfg["min_brier_skill"]
         ),
     ]
-    if champion is None:
+    if champion is None or comparison is None:
         checks.append(Check.skipped("roc_auc vs champion", "champion", "no champion yet: first model"))
     else:
-        champ = champion["metrics"]
-        version = champion["version"]
+        version, c = champion["version"], f"{cfg['confidence']:.0%}"
+        mask = (
+            None
+            if comparison["whole_holdout"]
+            else holdout["batch_date"].isin(comparison["unseen_days"]).to_numpy()
+        )
+        where = (f"the whole holdout (the champion was trained on all of it), {comparison['rows']} flights"
+                 if comparison["whole_holdout"]
+                 else f"{comparison['rows']} flights on {len(comparison['unseen_days'])} of {comparison['days']} "
+                 "holdout days unseen by both")  # fmt: skip
+        auc = resamples.auc_difference(y, proba, champ_proba, mask)
         checks.append(Check.compare(
-            "roc_auc vs champion", "champion", metrics["roc_auc"], ">=", champ["roc_auc"] - cfg["max_auc_drop"],
-            f"champion v{version}: {champ['roc_auc']:.4f} - allowed drop {cfg['max_auc_drop']}",
-        ))  # fmt: skip
+            "roc_auc vs champion", "champion", auc.low, ">=", -cfg["max_auc_drop"],
+            f"challenger - champion v{version} = {auc.estimate:+.4f} on {where}; at {c} confidence not lower than "
+            f"{auc.low:+.4f} (allowed drop {cfg['max_auc_drop']})",
+        ).with_interval(auc))  # fmt: skip
+        brier = resamples.brier_difference(y, proba, champ_proba, mask)
         checks.append(Check.compare(
-            "brier vs champion", "champion", metrics["brier"], "<=", champ["brier"] + cfg["max_brier_rise"],
-            f"champion v{version}: {champ['brier']:.4f} + allowed rise {cfg['max_brier_rise']}",
-        ))  # fmt: skip
-    checks.extend(slice_checks(holdout, proba, cfg))
+            "brier vs champion", "champion", brier.high, "<=", cfg["max_brier_rise"],
+            f"challenger - champion v{version} = {brier.estimate:+.4f} on {where}; at {c} confidence not higher "
+            f"than {brier.high:+.4f} (allowed rise {cfg['max_brier_rise']})",
+        ).with_interval(brier))  # fmt: skip
+    checks.extend(slice_checks(holdout, proba, cfg, resamples))
     return checks
 
 
@@ -139,10 +201,9 @@ def history_check(records: list[dict[str, Any]], fingerprint: str) -> Check:
                        f"{barring.get('seq')} ({barring.get('reason')}); only a forced promotion with a reason overrides")  # fmt: skip
 
 
-def slice_checks(holdout: Any, proba: Any, cfg: dict[str, Any]) -> list[Check]:
-    from sklearn.metrics import roc_auc_score
-
+def slice_checks(holdout: Any, proba: Any, cfg: dict[str, Any], resamples: Resamples) -> list[Check]:
     frame = holdout.assign(_proba=proba)
+    y = holdout[schema.TARGET]
     checks = []
     for column in cfg["slice_columns"]:
         for value, group in frame.groupby(column, sort=True):
@@ -153,8 +214,12 @@ def slice_checks(holdout: Any, proba: Any, cfg: dict[str, Any]) -> list[Check]:
                     Check.skipped(name, "slice", f"{n} flights, {positives} late: too few to judge")
                 )
                 continue
-            auc = float(roc_auc_score(group[schema.TARGET], group["_proba"]))
-            checks.append(Check.compare(name, "slice", auc, ">=", cfg["slice_min_roc_auc"], f"{n} flights"))
+            auc = resamples.auc(y, proba, (frame[column] == value).to_numpy())
+            checks.append(
+                Check.compare(
+                    name, "slice", auc.estimate, ">=", cfg["slice_min_roc_auc"], f"{n} flights"
+                ).with_interval(auc)
+            )
     return checks
 
 
@@ -204,6 +269,7 @@ def _write_outputs(layout: Layout, report: GateReport, y: Any, proba: Any) -> No
             "failed_checks": len(report.failed),
             "checks": len(report.checks),
         },
+        "vs_champion": comparison_metrics(report),
     }
     atomic_write_text(layout.root / "metrics.json", json.dumps(metrics, indent=2))
     for name, rows in _curves(y, proba).items():
@@ -214,6 +280,20 @@ def _write_outputs(layout: Layout, report: GateReport, y: Any, proba: Any) -> No
         atomic_write_text(layout.plots / f"{name}.csv", buffer.getvalue())
 
 
+def comparison_metrics(report: GateReport) -> dict[str, float]:
+    """The paired differences with the champion and their bounds (empty without one), for
+    ``dvc metrics diff`` and the MLflow run."""
+    out: dict[str, float] = {}
+    for check in report.checks:
+        if check.kind == "champion" and check.estimate is not None and check.interval is not None:
+            metric = check.name.split()[0]
+            out.update({f"{metric}_diff": check.estimate, f"{metric}_diff_low": check.interval[0],
+                        f"{metric}_diff_high": check.interval[1]})  # fmt: skip
+    if out and report.comparison:
+        out["rows"] = report.comparison["rows"]
+    return out
+
+
 def _log_to_mlflow(settings: Settings, report: GateReport, layout: Layout) -> None:
     import mlflow
 
@@ -222,6 +302,7 @@ def _log_to_mlflow(settings: Settings, report: GateReport, layout: Layout) -> No
     connect(settings)
     with mlflow.start_run(run_id=report.run_id):
         mlflow.log_metrics({f"holdout_{k}": v for k, v in report.challenger.items()})
+        mlflow.log_metrics({f"vs_champion_{k}": v for k, v in comparison_metrics(report).items()})
         mlflow.set_tags({"mlops.gate_verdict": report.verdict,
                          "mlops.gate_champion": report.champion_version or ""})  # fmt: skip
         # the blessing and what it is about: `mlops promote --run` consumes these on any host
