@@ -86,9 +86,12 @@ def test_training_core_story(tmp_path: Path) -> None:
     assert run.inputs.dataset_inputs, "the training dataset is logged as a run input"
     version = client(root).get_model_version("flight-delay", "1")
     assert version.tags["mlops.data_version"] == window_md5
-    from mlflow.models import get_model_info
+    from mlflow.models import Model
 
-    info = get_model_info("models:/flight-delay/1")
+    # the MLmodel at the version's artifact location: "models:/..." would resolve against
+    # whatever tracking URI this process last set (MLflow keeps it in a module global)
+    location = client(root).get_model_version_download_uri("flight-delay", "1")
+    info = Model.load(location.removeprefix("file://"))
     assert info.signature is not None and info.saved_input_example_info is not None
     assert set(info.signature.inputs.input_names()) >= {"carrier", "origin", "precip", "visib"}
 
