@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from pipelines.intervals import Interval
 
 _OPS = {">=": operator.ge, "<=": operator.le}
+_UNITS = {"flight": "flights", "airport_hour": "airport-hours (origin, day, scheduled hour)"}
 
 
 @dataclass
@@ -166,7 +167,7 @@ class GateReport:
         return [
             f"- challenger vs champion {where}",
             f"- rule: the challenger passes when, at confidence {c['confidence']:.0%}, it is not worse than the "
-            f"champion by more than the margin (paired bootstrap of the flights, {c['resamples']} resamples, "
-            f"seed {c['seed']}: the bound is the {1 - c['confidence']:.0%} or {c['confidence']:.0%} quantile "
-            "of the difference)",
+            f"champion by more than the margin (paired bootstrap of the {_UNITS.get(c.get('unit', 'flight'))}, "
+            f"{c.get('units', c['rows'])} drawn with replacement {c['resamples']} times, seed {c['seed']}: "
+            f"the bound is the {1 - c['confidence']:.0%} or {c['confidence']:.0%} quantile of the difference)",
         ]

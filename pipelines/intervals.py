@@ -43,20 +43,28 @@ class Interval:
 
 class Resamples:
     """``samples`` bootstrap resamples of ``n`` flights drawn from ``seed``: the same draws are
-    applied to every model and every subset (slice) asked for, so differences are paired."""
+    applied to every model and every subset (slice) asked for, so differences are paired.
 
-    def __init__(self, n: int, samples: int, seed: int, confidence: float) -> None:
+    With ``groups`` (one code per flight, 0..k-1), whole groups are drawn instead of flights
+    (a cluster bootstrap): flights that share an airport-hour share its weather, and drawing
+    them together keeps that dependence in the interval."""
+
+    def __init__(self, n: int, samples: int, seed: int, confidence: float, groups: Any = None) -> None:
         import numpy as np
 
+        codes = None if groups is None else np.asarray(groups)
+        units = n if codes is None else int(codes.max()) + 1
         rng = np.random.default_rng(seed)
         chunks = []
         for start in range(0, samples, _CHUNK):
             rows = min(_CHUNK, samples - start)
-            draws = rng.integers(0, n, size=(rows, n))
-            flat = (draws + (np.arange(rows) * n)[:, None]).ravel()
-            chunks.append(np.bincount(flat, minlength=rows * n).reshape(rows, n).astype(np.float32))
+            draws = rng.integers(0, units, size=(rows, units))
+            flat = (draws + (np.arange(rows) * units)[:, None]).ravel()
+            drawn = np.bincount(flat, minlength=rows * units).reshape(rows, units).astype(np.float32)
+            chunks.append(drawn if codes is None else drawn[:, codes])
         self.counts = np.concatenate(chunks) if chunks else np.zeros((0, n), dtype=np.float32)
         self.n, self.samples, self.seed, self.confidence = n, samples, seed, confidence
+        self.units = units
 
     def _interval(self, estimate: float, values: np.ndarray) -> Interval:
         import numpy as np
@@ -84,7 +92,7 @@ class Resamples:
 
         y, score, counts = self._subset(y, score, mask)
         loss = (np.asarray(score, dtype=float) - y) ** 2
-        return self._interval(float(loss.mean()), counts @ loss / len(loss))
+        return self._interval(float(loss.mean()), _weighted_mean(counts, loss))
 
     def brier_difference(self, y: Any, challenger: Any, champion: Any, mask: Any = None) -> Interval:
         """Brier score of the challenger minus the champion's, paired (lower is better)."""
@@ -93,7 +101,7 @@ class Resamples:
         y, a, counts = self._subset(y, challenger, mask)
         b = np.asarray(champion if mask is None else champion[mask], dtype=float)
         delta = (np.asarray(a, dtype=float) - y) ** 2 - (b - y) ** 2
-        return self._interval(float(delta.mean()), counts @ delta / len(delta))
+        return self._interval(float(delta.mean()), _weighted_mean(counts, delta))
 
     def _subset(self, y: Any, score: Any, mask: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         import numpy as np
@@ -104,6 +112,15 @@ class Resamples:
             return y, score, self.counts
         mask = np.asarray(mask, dtype=bool)
         return y[mask], score[mask], self.counts[:, mask]
+
+
+def _weighted_mean(counts: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Per resample, the mean of ``values`` with each row counted ``counts`` times (a cluster
+    resample does not hold exactly n flights)."""
+    import numpy as np
+
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (counts @ values) / counts.sum(axis=1, dtype=float)
 
 
 def weighted_auc(y: np.ndarray, score: np.ndarray, counts: np.ndarray | None) -> np.ndarray:

@@ -167,6 +167,9 @@ class Evaluate(Section):
         ge=100, le=100_000, description="gate: bootstrap resamples of the holdout's flights"
     )
     seed: int = Field(ge=0, le=2**32 - 1, description="gate: seed of the bootstrap resamples")
+    resample_unit: Literal["flight", "airport_hour"] = Field(
+        description="gate: what the bootstrap draws: single flights, or an airport's hour of flights together"
+    )
     slice_columns: list[Literal["origin", "carrier", "dest"]] = Field(description="slices the gate judges")
     slice_min_rows: int = Field(ge=1, le=1_000_000, description="smaller slices are reported, not judged")
     slice_min_roc_auc: float = Field(ge=0, le=1, description="gate: ROC AUC floor per slice")

@@ -75,11 +75,9 @@ def evaluate(settings: Settings, params: Params) -> GateReport:
     prior = float(window["train_late_rate"])
     metrics = holdout_metrics(y, proba, prior)
 
-    from pipelines.intervals import Resamples
-
     registry = Registry(settings, params.get("promote.model_name"))
     champion = registry.alias(CHAMPION)
-    resamples = Resamples(len(holdout), cfg["resamples"], cfg["seed"], cfg["confidence"])
+    resamples = resamples_for(holdout, cfg)
     champion_info = comparison = champ_proba = None
     if champion is not None:
         champ_model = mlflow.sklearn.load_model(registry.model_uri(champion))
@@ -87,7 +85,8 @@ def evaluate(settings: Settings, params: Params) -> GateReport:
         champion_info = {"version": champion.version, "run_id": champion.run_id,
                          "metrics": holdout_metrics(y, champ_proba, prior)}  # fmt: skip
         comparison = compared_days(holdout["batch_date"], trained_days(registry, champion))
-        comparison.update(resamples=cfg["resamples"], seed=cfg["seed"], confidence=cfg["confidence"])
+        comparison.update(resamples=cfg["resamples"], seed=cfg["seed"], confidence=cfg["confidence"],
+                          unit=cfg["resample_unit"], units=resamples.units)  # fmt: skip
 
     report = GateReport(
         run_id=trained["run_id"], model_uri=trained["model_uri"], data_version=trained["data_version"],
@@ -108,6 +107,21 @@ def evaluate(settings: Settings, params: Params) -> GateReport:
     _log_to_mlflow(settings, report, layout)
     log.info("%s", report.summary_line())
     return report
+
+
+def resamples_for(holdout: Any, cfg: dict[str, Any]) -> Resamples:
+    """The bootstrap of the holdout: flights drawn one by one, or by airport-hour (the flights
+    of one origin, day and scheduled hour, which share their weather) with
+    ``evaluate.resample_unit``."""
+    import pandas as pd
+
+    from pipelines.intervals import Resamples
+
+    groups = None
+    if cfg["resample_unit"] == "airport_hour":
+        keys = holdout[["batch_date", "origin", "sched_dep_hour"]].astype(str).agg("|".join, axis=1)
+        groups = pd.factorize(keys)[0]
+    return Resamples(len(holdout), cfg["resamples"], cfg["seed"], cfg["confidence"], groups)
 
 
 def trained_days(registry: Registry, champion: Any) -> tuple[str, str] | None:

@@ -204,3 +204,28 @@ def test_the_gate_compares_on_the_days_unseen_by_both(january: Path) -> None:
     assert seen.comparison["whole_holdout"] and seen.comparison["unseen_days"] == []
     assert seen.comparison["rows"] == len(pd.read_parquet(january / "data/features/holdout.parquet"))
     assert "which favours the champion" in (january / "reports/gate.md").read_text()
+
+
+def test_the_airport_hour_bootstrap_draws_whole_hours(models: dict[str, Any]) -> None:
+    """``evaluate.resample_unit: airport_hour`` draws an origin's scheduled hour of a day as one
+    unit: every flight of an hour is counted as often as its hour was drawn, and the interval
+    is wider than the flight-by-flight one (the flights of an hour share their weather)."""
+    from pipelines.steps.evaluate import resamples_for
+
+    holdout = models["holdouts"][1]
+    cfg = {**models["cfg"], "resample_unit": "airport_hour", "resamples": 400}
+    by_hour = resamples_for(holdout, cfg)
+    hours = holdout.groupby(["batch_date", "origin", "sched_dep_hour"], observed=True).ngroup().to_numpy()
+    assert by_hour.units == hours.max() + 1 < len(holdout) / 5
+    for counts in by_hour.counts[:20]:  # one count per hour, shared by its flights
+        per_hour = pd.Series(counts).groupby(hours).nunique()
+        assert (per_hour == 1).all()
+        assert pd.Series(counts).groupby(hours).first().sum() == by_hour.units  # k hours drawn of k
+    # one flight per unit is the flight bootstrap itself (the same draws)
+    flights = resamples_for(holdout, {**cfg, "resample_unit": "flight"})
+    same = Resamples(len(holdout), 400, cfg["seed"], cfg["confidence"], np.arange(len(holdout)))
+    assert np.array_equal(same.counts, flights.counts)
+    y = holdout[schema.TARGET].to_numpy(dtype=float)
+    p, q = proba(models["models"]["more days"], holdout), proba(models["models"]["champion"], holdout)
+    wide, narrow = by_hour.auc_difference(y, p, q), flights.auc_difference(y, p, q)
+    assert wide.estimate == narrow.estimate and wide.high - wide.low > 1.1 * (narrow.high - narrow.low)
