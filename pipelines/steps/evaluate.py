@@ -17,7 +17,7 @@ import json
 import logging
 from typing import TYPE_CHECKING, Any
 
-from pipelines import faults, schema
+from pipelines import card, faults, schema
 from pipelines.config import Params, Settings
 from pipelines.errors import StepError
 from pipelines.gate import Check, GateReport
@@ -101,8 +101,10 @@ def evaluate(settings: Settings, params: Params) -> GateReport:
         metrics, champion_info, holdout, proba, cfg, resamples, champ_proba, comparison
     )
     report.checks.append(history_check(registry.audit_records(), trained.get("fingerprint", "")))
+    importance = card.permutation_importance(model, X, y, cfg["seed"])
+    model_card = card.build(report.to_dict(), trained, importance, registry.name, params.section("train"))
     faults.point("evaluate.scored")
-    _write_outputs(layout, report, y, proba)
+    _write_outputs(layout, report, y, proba, model_card)
     faults.point("evaluate.written")
     _log_to_mlflow(settings, report, layout)
     log.info("%s", report.summary_line())
@@ -268,9 +270,16 @@ def _curves(y: Any, proba: Any) -> dict[str, list[dict[str, float]]]:
     }
 
 
-def _write_outputs(layout: Layout, report: GateReport, y: Any, proba: Any) -> None:
+def _write_outputs(
+    layout: Layout, report: GateReport, y: Any, proba: Any, model_card: dict[str, Any]
+) -> None:
     import csv
     import io
+
+    # the card first: the gate report, written last, is what says this evaluation is complete
+    atomic_write_text(layout.reports / "model_card.json", json.dumps(model_card, indent=2, default=str))
+    atomic_write_text(layout.reports / "model_card.md", card.to_markdown(model_card))
+    atomic_write_text(layout.reports / "model_card.html", card.to_html(model_card))
 
     atomic_write_text(layout.reports / "gate.json", json.dumps(report.to_dict(), indent=2, default=str))
     atomic_write_text(layout.reports / "gate.md", report.to_markdown())
@@ -320,6 +329,13 @@ def _log_to_mlflow(settings: Settings, report: GateReport, layout: Layout) -> No
         mlflow.set_tags({"mlops.gate_verdict": report.verdict,
                          "mlops.gate_champion": report.champion_version or ""})  # fmt: skip
         # the blessing and what it is about: `mlops promote --run` consumes these on any host
-        for name in ("gate.json", "gate.md", "train.json", "featurize.json"):
+        for name in (
+            "gate.json",
+            "gate.md",
+            "train.json",
+            "featurize.json",
+            "model_card.md",
+            "model_card.html",
+        ):
             mlflow.log_artifact(str(layout.reports / name), artifact_path="gate")
         mlflow.log_artifacts(str(layout.plots), artifact_path="gate/plots")

@@ -111,7 +111,29 @@ def registered_candidate(settings: Settings, params: Params, layout: Layout, run
             "mlops.gate_report": f"runs:/{trained['run_id']}/gate/gate.json",
         },
     )  # fmt: skip
+    describe_version(registry, version.version, layout, trained["run_id"])
     return Candidate(registry, version.version, gate, trained, failed, fingerprint)
+
+
+def describe_version(registry: Registry, version: str, layout: Layout, run_id: str) -> None:
+    """The model card's summary as the version's description (the MLflow UI shows it on the
+    version's page): from the workspace's card when it is this run's, else from the run."""
+    from pipelines import card
+
+    try:
+        local = layout.reports / "model_card.json"
+        found = json.loads(local.read_text()) if local.exists() else None
+        if not found or found.get("run_id") != run_id:
+            import mlflow
+
+            found = mlflow.artifacts.load_dict(f"runs:/{run_id}/gate/model_card.json")
+    except Exception as exc:  # a run evaluated before model cards existed: no description
+        log.warning(
+            "promote: no model card for run %s (%s): version %s has no description", run_id, exc, version
+        )
+        return
+    registry._call("describe a version", registry.client.update_model_version, registry.name, version,
+                   description=card.description(found))  # fmt: skip
 
 
 def record_verdict(candidate: Candidate, records: list[dict[str, Any]], expected: str | None) -> None:

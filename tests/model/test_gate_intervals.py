@@ -171,6 +171,7 @@ def test_the_gate_compares_on_the_days_unseen_by_both(january: Path) -> None:
 
     first = run_cycle(january, "data.window_end=2013-01-31", "train.max_iter=60")
     assert first.comparison is None and first.blessed
+    check_model_card(january, first.run_id)
     report = run_cycle(january, "data.window_end=2013-01-29", "data.window_days=20", "data.holdout_days=8",
                        "train.max_iter=60", "train.random_state=5")  # fmt: skip
     c = report.comparison
@@ -229,3 +230,54 @@ def test_the_airport_hour_bootstrap_draws_whole_hours(models: dict[str, Any]) ->
     p, q = proba(models["models"]["more days"], holdout), proba(models["models"]["champion"], holdout)
     wide, narrow = by_hour.auc_difference(y, p, q), flights.auc_difference(y, p, q)
     assert wide.estimate == narrow.estimate and wide.high - wide.low > 1.1 * (narrow.high - narrow.low)
+
+
+def check_model_card(root: Path, run_id: str) -> None:
+    """The card of a registered version: in the workspace (JSON, Markdown, HTML), on the run,
+    and summarised in the version's description."""
+    from mlflow import MlflowClient
+
+    from pipelines import schema
+
+    card = json.loads((root / "reports/model_card.json").read_text())
+    assert card["run_id"] == run_id and card["data"]["train_rows"] > 10_000
+    assert {r["feature"] for r in card["importance"]} == set(schema.FEATURES)
+    drops = [r["mean"] for r in card["importance"]]
+    assert drops == sorted(drops, reverse=True) and drops[0] > 0.005, "something matters, and it is first"
+    assert [m["name"] for m in card["metrics"]] == ["roc_auc", "brier"]
+    assert all(m["interval"][0] <= m["estimate"] <= m["interval"][1] for m in card["metrics"])
+    text = (root / "reports/model_card.md").read_text()
+    for heading in ("## Data", "## Holdout metrics", "## Slices", "## What it relies on", "## Intended use",
+                    "## Known limits"):  # fmt: skip
+        assert heading in text, heading
+    page = (root / "reports/model_card.html").read_text()
+    assert "<h2>What it relies on</h2>" in page and f"<td>{card['importance'][0]['feature']}</td>" in page
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    version = client.search_model_versions(f"name='flight-delay' and run_id='{run_id}'")[0]
+    assert version.description.startswith("**Model card** (gate: blessed)"), version.description
+    assert f"runs:/{run_id}/gate/model_card.html" in version.description
+    assert {a.path for a in client.list_artifacts(run_id, "gate")} >= {
+        "gate/model_card.md",
+        "gate/model_card.html",
+    }
+
+
+def test_shuffling_an_encoded_column_is_shuffling_the_feature(models: dict[str, Any]) -> None:
+    """The model card's permutation importance shuffles the encoded column of a feature: the
+    model's answers are the ones it gives when the raw column is shuffled."""
+    from pipelines.card import encoded_columns, permutation_importance
+
+    model, holdout = models["models"]["more days"], models["holdouts"][0].iloc[:800]
+    X = holdout[list(schema.FEATURES)]
+    encoded = encoded_columns(model, X)
+    assert encoded is not None
+    matrix, where, predict = encoded
+    order = np.random.default_rng(5).permutation(len(X))
+    for feature in ("carrier", "dest", "pressure", "sched_dep_minute_of_day"):
+        raw = X.assign(**{feature: X[feature].to_numpy()[order]})
+        shuffled = matrix.copy()
+        shuffled[:, where[feature]] = matrix[order, where[feature]]
+        assert np.array_equal(predict(shuffled)[:, 1], model.predict_proba(raw)[:, 1]), feature
+    ranked = permutation_importance(model, X, holdout[schema.TARGET], 0)
+    assert {r["feature"] for r in ranked} == set(schema.FEATURES) and ranked[0]["mean"] > 0
