@@ -26,9 +26,17 @@ class Api:
 
     def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         """One REST call; a GET that meets a server error (the embedded SQLite metadata DB
-        can be briefly locked while scheduler, dag-processor and tasks all write) is retried."""
+        can be briefly locked while scheduler, dag-processor and tasks all write) or no answer
+        within the timeout (an api-server starved of CPU while task processes start: seen in
+        the Celery profile next to the Podman image build) is retried. A POST or PATCH is not
+        (it may have been applied)."""
         for attempt in range(5):
-            status, answer = self._call(method, path, body)
+            try:
+                status, answer = self._call(method, path, body)
+            except (TimeoutError, urllib.error.URLError) as exc:
+                if method != "GET" or attempt == 4:
+                    raise
+                status, answer = 599, f"no answer: {exc}"
             if method != "GET" or status < 500:
                 break
             time.sleep(1 + attempt)
