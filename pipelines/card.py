@@ -70,8 +70,13 @@ def permutation_importance(model: Any, X: Any, y: Any, seed: int) -> list[dict[s
             else:
                 shuffled[:, where[feature]] = matrix[order, where[feature]]
             drops.append(base - auc(shuffled))
-        rows.append({"feature": feature, "mean": round(float(np.mean(drops)), 5),
-                     "std": round(float(np.std(drops)), 5)})  # fmt: skip
+        rows.append(
+            {
+                "feature": feature,
+                "mean": round(float(np.mean(drops)), 5),
+                "std": round(float(np.std(drops)), 5),
+            }
+        )
     return sorted(rows, key=lambda r: -float(r["mean"]))
 
 
@@ -228,10 +233,14 @@ def to_html(card: dict[str, Any]) -> str:
                 "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in table[1:]
             )
             body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
-    style = ("body{font-family:sans-serif;max-width:60em;margin:2em auto;line-height:1.4}"
-             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.2em .6em;text-align:left}")  # fmt: skip
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>Model card {html.escape(card['model'])}"
-            f"</title><style>{style}</style></head><body>{''.join(body)}</body></html>\n")  # fmt: skip
+    style = (
+        "body{font-family:sans-serif;max-width:60em;margin:2em auto;line-height:1.4}"
+        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.2em .6em;text-align:left}"
+    )
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>Model card {html.escape(card['model'])}"
+        f"</title><style>{style}</style></head><body>{''.join(body)}</body></html>\n"
+    )
 
 
 DESCRIPTION_LIMIT = 4900  # a model version's description is a VARCHAR(5000) in MLflow's SQL stores

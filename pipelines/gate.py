@@ -158,12 +158,17 @@ class GateReport:
             else "champion's days unknown"
         )
         if c["whole_holdout"]:
-            where = (f"on the whole holdout ({c['rows']} flights): every day of it was in the champion's training "
-                     f"days ({seen}), which favours the champion; a pass still holds, a failure may not")  # fmt: skip
+            where = (
+                f"on the whole holdout ({c['rows']} flights): every day of it was in the champion's training "
+                f"days ({seen}), which favours the champion; a pass still holds, a failure may not"
+            )
         else:
-            where = (f"on the {len(c['unseen_days'])} of {c['days']} holdout days unseen by both models, "
-                     f"{c['rows']} flights ({seen}"
-                     + (f"; left out: {', '.join(c['overlap_days'])}" if c["overlap_days"] else "") + ")")  # fmt: skip
+            where = (
+                f"on the {len(c['unseen_days'])} of {c['days']} holdout days unseen by both models, "
+                f"{c['rows']} flights ({seen}"
+                + (f"; left out: {', '.join(c['overlap_days'])}" if c["overlap_days"] else "")
+                + ")"
+            )
         return [
             f"- challenger vs champion {where}",
             f"- rule: the challenger passes when, at confidence {c['confidence']:.0%}, it is not worse than the "

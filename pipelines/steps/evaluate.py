@@ -85,8 +85,13 @@ def evaluate(settings: Settings, params: Params) -> GateReport:
         champion_info = {"version": champion.version, "run_id": champion.run_id,
                          "metrics": holdout_metrics(y, champ_proba, prior)}  # fmt: skip
         comparison = compared_days(holdout["batch_date"], trained_days(registry, champion))
-        comparison.update(resamples=cfg["resamples"], seed=cfg["seed"], confidence=cfg["confidence"],
-                          unit=cfg["resample_unit"], units=resamples.units)  # fmt: skip
+        comparison.update(
+            resamples=cfg["resamples"],
+            seed=cfg["seed"],
+            confidence=cfg["confidence"],
+            unit=cfg["resample_unit"],
+            units=resamples.units,
+        )
 
     report = GateReport(
         run_id=trained["run_id"], model_uri=trained["model_uri"], data_version=trained["data_version"],
@@ -146,9 +151,13 @@ def compared_days(batch_date: Any, seen: tuple[str, str] | None) -> dict[str, An
     whole = not unseen
     rows = int(len(batch_date) if whole else batch_date.isin(unseen).sum())
     return {
-        "days": len(days), "unseen_days": unseen, "overlap_days": overlap, "whole_holdout": whole, "rows": rows,
+        "days": len(days),
+        "unseen_days": unseen,
+        "overlap_days": overlap,
+        "whole_holdout": whole,
+        "rows": rows,
         "champion_trained": {"start": seen[0], "end": seen[1]} if seen else None,
-    }  # fmt: skip
+    }
 
 
 def gate_checks(
@@ -184,22 +193,36 @@ def gate_checks(
             if comparison["whole_holdout"]
             else holdout["batch_date"].isin(comparison["unseen_days"]).to_numpy()
         )
-        where = (f"the whole holdout (the champion was trained on all of it), {comparison['rows']} flights"
-                 if comparison["whole_holdout"]
-                 else f"{comparison['rows']} flights on {len(comparison['unseen_days'])} of {comparison['days']} "
-                 "holdout days unseen by both")  # fmt: skip
+        where = (
+            f"the whole holdout (the champion was trained on all of it), {comparison['rows']} flights"
+            if comparison["whole_holdout"]
+            else f"{comparison['rows']} flights on {len(comparison['unseen_days'])} of {comparison['days']} "
+            "holdout days unseen by both"
+        )
         auc = resamples.auc_difference(y, proba, champ_proba, mask)
-        checks.append(Check.compare(
-            "roc_auc vs champion", "champion", auc.low, ">=", -cfg["max_auc_drop"],
-            f"challenger - champion v{version} = {auc.estimate:+.4f} on {where}; at {c} confidence not lower than "
-            f"{auc.low:+.4f} (allowed drop {cfg['max_auc_drop']})",
-        ).with_interval(auc))  # fmt: skip
+        checks.append(
+            Check.compare(
+                "roc_auc vs champion",
+                "champion",
+                auc.low,
+                ">=",
+                -cfg["max_auc_drop"],
+                f"challenger - champion v{version} = {auc.estimate:+.4f} on {where}; at {c} confidence not lower than "
+                f"{auc.low:+.4f} (allowed drop {cfg['max_auc_drop']})",
+            ).with_interval(auc)
+        )
         brier = resamples.brier_difference(y, proba, champ_proba, mask)
-        checks.append(Check.compare(
-            "brier vs champion", "champion", brier.high, "<=", cfg["max_brier_rise"],
-            f"challenger - champion v{version} = {brier.estimate:+.4f} on {where}; at {c} confidence not higher "
-            f"than {brier.high:+.4f} (allowed rise {cfg['max_brier_rise']})",
-        ).with_interval(brier))  # fmt: skip
+        checks.append(
+            Check.compare(
+                "brier vs champion",
+                "champion",
+                brier.high,
+                "<=",
+                cfg["max_brier_rise"],
+                f"challenger - champion v{version} = {brier.estimate:+.4f} on {where}; at {c} confidence not higher "
+                f"than {brier.high:+.4f} (allowed rise {cfg['max_brier_rise']})",
+            ).with_interval(brier)
+        )
     checks.extend(slice_checks(holdout, proba, cfg, resamples))
     return checks
 
@@ -310,8 +333,13 @@ def comparison_metrics(report: GateReport) -> dict[str, float]:
     for check in report.checks:
         if check.kind == "champion" and check.estimate is not None and check.interval is not None:
             metric = check.name.split()[0]
-            out.update({f"{metric}_diff": check.estimate, f"{metric}_diff_low": check.interval[0],
-                        f"{metric}_diff_high": check.interval[1]})  # fmt: skip
+            out.update(
+                {
+                    f"{metric}_diff": check.estimate,
+                    f"{metric}_diff_low": check.interval[0],
+                    f"{metric}_diff_high": check.interval[1],
+                }
+            )
     if out and report.comparison:
         out["rows"] = report.comparison["rows"]
     return out

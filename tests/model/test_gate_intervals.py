@@ -172,8 +172,14 @@ def test_the_gate_compares_on_the_days_unseen_by_both(january: Path) -> None:
     first = run_cycle(january, "data.window_end=2013-01-31", "train.max_iter=60")
     assert first.comparison is None and first.blessed
     check_model_card(january, first.run_id)
-    report = run_cycle(january, "data.window_end=2013-01-29", "data.window_days=20", "data.holdout_days=8",
-                       "train.max_iter=60", "train.random_state=5")  # fmt: skip
+    report = run_cycle(
+        january,
+        "data.window_end=2013-01-29",
+        "data.window_days=20",
+        "data.holdout_days=8",
+        "train.max_iter=60",
+        "train.random_state=5",
+    )
     c = report.comparison
     assert c["champion_trained"] == {"start": "2013-01-02", "end": "2013-01-26"}
     assert c["unseen_days"] == ["2013-01-27", "2013-01-28", "2013-01-29"] and c["days"] == 8
@@ -247,8 +253,14 @@ def check_model_card(root: Path, run_id: str) -> None:
     assert [m["name"] for m in card["metrics"]] == ["roc_auc", "brier"]
     assert all(m["interval"][0] <= m["estimate"] <= m["interval"][1] for m in card["metrics"])
     text = (root / "reports/model_card.md").read_text()
-    for heading in ("## Data", "## Holdout metrics", "## Slices", "## What it relies on", "## Intended use",
-                    "## Known limits"):  # fmt: skip
+    for heading in (
+        "## Data",
+        "## Holdout metrics",
+        "## Slices",
+        "## What it relies on",
+        "## Intended use",
+        "## Known limits",
+    ):
         assert heading in text, heading
     page = (root / "reports/model_card.html").read_text()
     assert "<h2>What it relies on</h2>" in page and f"<td>{card['importance'][0]['feature']}</td>" in page
