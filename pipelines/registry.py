@@ -200,6 +200,12 @@ class Registry:
         return file_lock(folder / ".mlops" / "locks" / f"registry-{self.name}.lock", what, timeout)
 
     # -- writing -------------------------------------------------------------------------
+    def describe(self, version: str, text: str) -> None:
+        """Set a version's description (Markdown, shown on its page in the MLflow UI)."""
+        self._call(
+            "describe a version", self.client.update_model_version, self.name, version, description=text
+        )
+
     def register(self, model_uri: str, run_id: str, tags: dict[str, str]) -> tuple[Version, bool]:
         """Register ``model_uri`` (once per run) and point ``challenger`` at it. Returns the
         version and whether it is new. The audit record is written by the caller, under the

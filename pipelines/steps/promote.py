@@ -132,13 +132,7 @@ def describe_version(registry: Registry, version: str, layout: Layout, run_id: s
             "promote: no model card for run %s (%s): version %s has no description", run_id, exc, version
         )
         return
-    registry._call(
-        "describe a version",
-        registry.client.update_model_version,
-        registry.name,
-        version,
-        description=card.description(found),
-    )
+    registry.describe(version, card.description(found))
 
 
 def record_verdict(candidate: Candidate, records: list[dict[str, Any]], expected: str | None) -> None:
