@@ -40,6 +40,7 @@ cat <<TXT
 
 Where to look:
   reports/gate.md               the gate report (every check: value, threshold, verdict)
+  reports/model_card.md         the model card (data, metrics with intervals, slices, what it relies on, limits)
   metrics.json, plots/*.csv     DVC metrics and plots   (dvc metrics show; dvc plots show)
   dvc.lock                      data and model hashes of this run
   data/validated/               validated daily batches (DVC-tracked: data/validated.dvc)
