@@ -1,0 +1,77 @@
+"""The request schema of a loaded model (its MLflow signature bounded by the validation
+suite: a wrong field gets a 422 that names it) and the 422 body."""
+
+from typing import Any
+
+from pipelines import schema
+
+
+def request_model(signature: Any, max_instances: int) -> Any:
+    """The pydantic model of a request for a model with ``signature``: one typed field per
+    signature input, bounded by the validation suite; unknown fields are refused."""
+    from typing import Annotated, Literal
+
+    from mlflow.types import DataType
+    from pydantic import AfterValidator, ConfigDict, Field, create_model
+
+    from pipelines.expectations import feature_constraints
+
+    constraints = feature_constraints()
+    numeric_types = {DataType.double, DataType.float, DataType.long, DataType.integer}
+    fields: dict[str, Any] = {}
+    for spec in signature.inputs.inputs:
+        name, kind = spec.name, spec.type
+        allowed = constraints.get(name)
+        if kind == DataType.string:
+            if isinstance(allowed, frozenset) and len(allowed) <= 20:
+                fields[name] = (Literal[tuple(sorted(allowed))], ...)
+            elif isinstance(allowed, frozenset):  # e.g. 1,462 airports: a short message, not the list
+                fields[name] = (Annotated[str, AfterValidator(_known_code(name, allowed))], ...)
+            else:
+                fields[name] = (str, ...)
+        elif kind in numeric_types:
+            bounds: dict[str, Any] = {"allow_inf_nan": False}
+            if isinstance(allowed, tuple):
+                bounds.update(ge=allowed[0], le=allowed[1])
+            number = Annotated[float, Field(**bounds)]
+            if name in schema.INTEGRAL_FEATURES:  # an hour, a minute of the day, a distance in miles
+                number = Annotated[number, AfterValidator(_whole)]  # type: ignore[assignment,misc]
+            if name in schema.NULLABLE_FEATURES:  # e.g. a weather reading that is missing
+                fields[name] = (number | None, None)
+            else:
+                fields[name] = (number, ...)
+        else:
+            raise ValueError(f"signature input {name!r} has a type the server does not map: {kind}")
+    strict = ConfigDict(extra="forbid", strict=True)
+    flight = create_model("Flight", __config__=strict, **fields)
+    return create_model(
+        "PredictRequest", __config__=strict,
+        instances=(Annotated[list[flight], Field(min_length=1, max_length=max_instances)], ...),  # type: ignore[valid-type]
+    )  # fmt: skip
+
+
+def _whole(value: float) -> float:
+    if value != int(value):
+        raise ValueError(f"{value} is not a whole number")
+    return value
+
+
+def _known_code(name: str, allowed: frozenset[str]) -> Any:
+    def check(value: str) -> str:
+        if value not in allowed:
+            raise ValueError(
+                f"{value!r} is not a known {name} code (the validation suite knows {len(allowed)})"
+            )
+        return value
+
+    return check
+
+
+def field_errors(exc: Any) -> list[dict[str, Any]]:
+    """Pydantic errors as FastAPI's 422 body lists them, with a readable field path."""
+    out = []
+    for error in exc.errors(include_url=False, include_input=False):
+        loc = ["body", *error["loc"]]
+        path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error["loc"]).lstrip(".")
+        out.append({"loc": loc, "field": path or "body", "msg": error["msg"], "type": error["type"]})
+    return out
