@@ -25,7 +25,7 @@ DOC = """
 
 Scheduled at 03:00 UTC (`MLOPS_NIGHTLY_CRON` changes it; `none` = manual/backfill only).
 
-`ingest -> validate -> score -> monitor -> signal_retraining`
+`ingest -> validate -> score -> monitor -> signal_retraining` and `monitor -> decide`
 
 - **Batch date**: the `date` Param when set; a 2013 logical date (a backfill:
   `airflow backfill create --dag-id nightly --from-date 2013-02-01 --to-date 2013-02-28
@@ -44,7 +44,13 @@ Scheduled at 03:00 UTC (`MLOPS_NIGHTLY_CRON` changes it; `none` = manual/backfil
   last week against the champion's reference, and live ROC AUC / Brier on yesterday's
   predictions now that their labels arrived.
 - **signal_retraining**: on a breach, emits the `flight_delay_drift` Asset event (with the
-  reasons in its extra), which schedules the `retrain` DAG; otherwise skipped.
+  reasons in its extra), which schedules the `retrain` DAG (monitor has notified the breach); otherwise skipped.
+- **decide** (the deploy loop): with a canary live (`promote.to: canary`), compares it with
+  the champion on their own labelled traffic (`mlops canary decide`): rolls it back at the
+  first breach, promotes it after `canary.baking_days` (or, `canary.mode: ab`, when the
+  sequential test has a winner), through the audited registry protocol, and notifies; the
+  decision and its evidence are the task's result (XCom) and `reports/deploy/<date>.json`.
+  Skipped when there is no canary.
 
 Every task is idempotent per batch date. Runbook: docs/runbooks/drift.md.
 """
@@ -79,6 +85,7 @@ def nightly() -> None:
     validate = step_task("validate", "--date", BATCH_DATE)
     score = step_task("score", "--date", BATCH_DATE)
     monitor = step_task("monitor", "--date", BATCH_DATE)
+    decide = step_task("canary", "decide", "--date", BATCH_DATE, task_id="decide")
 
     @task(outlets=[DRIFT])
     def signal_retraining(ti=None):  # type: ignore[no-untyped-def]
@@ -95,6 +102,7 @@ def nightly() -> None:
             result.get("date"), result.get("champion_version"), "; ".join(result.get("reasons") or []),
             result.get("date"),
         )  # fmt: skip
+
         yield Metadata(
             DRIFT,
             {
@@ -104,6 +112,7 @@ def nightly() -> None:
         )
 
     ingest >> validate >> score >> monitor >> signal_retraining()
+    monitor >> decide
 
 
 nightly()

@@ -85,11 +85,16 @@ def retrain() -> None:
 
     @task
     def announce(ti=None):  # type: ignore[no-untyped-def]
-        """Runs only when promote did (not skipped): report the new champion."""
+        """Runs only when promote did (not skipped): report the new champion (or canary)."""
         import logging
 
         result = step_result(ti.xcom_pull(task_ids="promote"))
-        logging.getLogger("mlops.announce").info("new champion v%s: %s", result.get("champion"), result)
+        if result.get("to") == "canary":  # promote.to: canary
+            title = (f"new canary v{result.get('canary')} on {result.get('share')} of traffic next to champion "
+                     f"v{result.get('champion')}")  # fmt: skip
+        else:
+            title = f"new champion v{result.get('champion')} (was {result.get('champion_before') or 'none'})"
+        logging.getLogger("mlops.announce").info("%s: %s", title, result)  # promote has notified it
         return result
 
     featurize >> train >> evaluate >> register >> promote >> announce()

@@ -17,7 +17,10 @@ MLflow UI shows the trail; the log, not the mirror, is the authority, and
 :func:`verify` reports any difference between them.
 
 Actions: ``register`` (a new version); the moves ``promote``, ``rollback`` and ``external``
-(an alias move made outside mlops, found and recorded by the next mover); and the refusals
+(an alias move made outside mlops, found and recorded by the next mover); the canary's moves
+``canary`` (a version takes a share of the traffic) and ``canary-rollback`` (it is taken off,
+and barred like a rolled-back champion; a canary that graduates is a ``promote`` with
+``canary`` set); and the refusals
 ``refuse`` (the gate), ``conflict`` (compare-and-set) and ``infra-refused`` (the candidate
 did not load and predict).
 """
@@ -36,7 +39,8 @@ from pipelines.storage import ObjectStore
 
 log = logging.getLogger(__name__)
 
-MOVES = ("promote", "rollback", "external")
+MOVES = ("promote", "rollback", "external")  # moves of `champion`
+CANARY_MOVES = ("canary", "canary-rollback")  # moves of `canary` (a share of the traffic)
 REFUSALS = ("refuse", "conflict", "infra-refused")
 MIRROR_PREFIX = "audit."
 _KEY_DIGITS = 10
@@ -133,6 +137,7 @@ class Verification:
     notes: list[str] = field(default_factory=list)
     champion_alias: str | None = None
     champion_audited: str | None = None
+    canary_alias: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -140,22 +145,43 @@ class Verification:
 
     def summary(self) -> str:
         if self.ok:
-            state = f"champion {_v(self.champion_alias)} as recorded"
+            state = (
+                f"champion {_v(self.champion_alias)}"
+                + (f", canary {_v(self.canary_alias)}" if self.canary_alias else "")
+                + " as recorded"
+            )
             return (
                 f"audit log verified: {self.records} record(s), chain intact, MLflow mirror in sync, {state}"
             )
         return f"audit log: {len(self.problems)} problem(s): " + "; ".join(self.problems)
 
 
+def audited_canary(records: list[dict[str, Any]]) -> str | None:
+    """The canary the log says the registry has: set by ``canary``, removed by
+    ``canary-rollback`` or by the promotion of the canary."""
+    for record in reversed(records):
+        if record.get("action") == "canary":
+            return record.get("to")
+        if record.get("action") == "canary-rollback" or (
+            record.get("action") == "promote" and record.get("canary")
+        ):
+            return None
+    return None
+
+
 def verify(
-    records: list[dict[str, Any]], mirror: dict[str, str] | None, champion: str | None
+    records: list[dict[str, Any]],
+    mirror: dict[str, str] | None,
+    champion: str | None,
+    canary: str | None = None,
 ) -> Verification:
     """Check the chain, the MLflow mirror and the live alias against each other.
 
     ``records``: the log as stored; ``mirror``: the registered model's ``audit.*`` tags
-    (None when the model is absent); ``champion``: the alias as the registry has it now.
+    (None when the model is absent); ``champion`` and ``canary``: the aliases as the registry
+    has them now.
     """
-    result = Verification(records=len(records), champion_alias=champion)
+    result = Verification(records=len(records), champion_alias=champion, canary_alias=canary)
     previous: dict[str, Any] | None = None
     for record in records:
         seq = record.get("seq")
@@ -201,6 +227,12 @@ def verify(
                 f"champion is {_v(champion)} in the registry but the audit log's last move set "
                 f"{_v(audited)}: the alias was moved outside mlops"
             )
+    wanted_canary = audited_canary(records)
+    if canary != wanted_canary:
+        result.problems.append(
+            f"canary is {_v(canary)} in the registry but the audit log says {_v(wanted_canary)}: a canary move was "
+            "interrupted (the next mover completes it) or the alias was moved outside mlops"
+        )
     external = [r for r in records if r.get("action") == "external"]
     if external:
         last = external[-1]

@@ -77,6 +77,15 @@ def _build_parser() -> argparse.ArgumentParser:
     rb.add_argument("--expect", help="the champion you are replacing, as `mlops status` shows it (required)")
     rb.add_argument("--to", dest="target", help="'previous' (default) or a version number")
     rb.add_argument("--reason", help="why (required; recorded in the audit trail)")
+    cn = step("canary", "the canary: decide from its live traffic (the deploy loop), or promote it to "
+              "champion or roll it back by hand, audited", dated=True)  # fmt: skip
+    cn.add_argument("action", choices=["decide", "promote", "rollback"], help="decide: the deploy loop's decision "
+                    "for --date (or each day of --dates); promote: it becomes the champion; rollback: it is taken off "
+                    "and barred")  # fmt: skip
+    cn.add_argument("--reason", help="why (required; recorded in the audit trail)")
+    cn.add_argument(
+        "--expect", help="the canary you are acting on, as `mlops status` shows it (refused if it changed)"
+    )
     au = step("audit", "the registry's audit log: verify it (chain, MLflow mirror, alias) or list it")
     au.add_argument(
         "action", choices=["verify", "log"], help="verify: exit 1 on any problem; log: the records"
@@ -125,6 +134,11 @@ def main(argv: list[str] | None = None) -> int:
                 overrides.append(f"promote.reason={json.dumps(args.reason)}")
             if args.expect is not None:
                 overrides.append(f"promote.expect={json.dumps(str(args.expect))}")
+        if args.step == "canary":
+            if args.expect is not None:
+                overrides.append(f"canary.expect={json.dumps(str(args.expect))}")
+            if args.reason is not None:
+                overrides.append(f"canary.reason={json.dumps(args.reason)}")
         if args.step == "rollback":
             if args.target is not None:
                 overrides.append(f"rollback.to={args.target}")
@@ -260,6 +274,18 @@ def _run_rollback(settings: Any, params: Any, args: argparse.Namespace) -> Any:
     return rollback(settings, params)
 
 
+def _run_canary(settings: Any, params: Any, args: argparse.Namespace) -> Any:
+    from pipelines.steps import canary
+
+    if args.action == "decide":
+        from pipelines.steps.deploy import decide_days
+
+        return decide_days(settings, params, _days(args))
+    return (
+        canary.graduate(settings, params) if args.action == "promote" else canary.rollback(settings, params)
+    )
+
+
 def _run_status(settings: Any, params: Any, args: argparse.Namespace) -> Any:
     from pipelines.steps.status import collect_status, render_status
 
@@ -294,6 +320,7 @@ _RUNNERS: dict[str, Callable[[Any, Any, argparse.Namespace], Any]] = {
     "promote": _run_promote,
     "register": _run_register,
     "rollback": _run_rollback,
+    "canary": _run_canary,
     "status": _run_status,
     "audit": _run_audit,
     "serve": _run_serve,

@@ -185,6 +185,9 @@ class Promote(Section):
     infra_timeout_s: float = Field(
         gt=0, le=3600, description="the candidate must load and predict within this"
     )
+    to: Literal["champion", "canary"] = Field(
+        description="where a blessed model goes: champion at once, or a canary share of the traffic first"
+    )
 
     @model_validator(mode="after")
     def _force_needs_a_reason(self) -> Promote:
@@ -198,6 +201,38 @@ class Promote(Section):
                 "champion they replace); a blessed promotion replaces the champion its gate compared against"
             )
         return self
+
+
+class Canary(Section):
+    share: float = Field(gt=0, le=0.9, description="the canary's share of the traffic (by flight)")
+    mode: Literal["canary", "ab"] = Field(
+        description="canary: roll back at the first breach, promote after the baking days; ab: a sequential test"
+    )
+    baking_days: int = Field(
+        ge=1, le=90, description="canary: labelled days without a breach before promoting"
+    )
+    max_days: int = Field(ge=1, le=365, description="ab: labelled days at most; no winner by then: roll back")
+    confidence: float = Field(ge=0.5, le=0.999, description="canary: confidence of the breach bounds")
+    max_auc_drop: float = Field(
+        ge=0,
+        le=1,
+        description="canary: breach when worse than the champion's live ROC AUC by more (at confidence)",
+    )
+    max_brier_rise: float = Field(
+        ge=0,
+        le=1,
+        description="canary: breach when worse than the champion's live Brier by more (at confidence)",
+    )
+    ab_alpha: float = Field(gt=0, le=0.2, description="ab: false-positive rate of the sequential test")
+    ab_tau: float = Field(
+        gt=0, le=1, description="ab: the mixture's standard deviation of the Brier difference"
+    )
+    resamples: int = Field(ge=100, le=100_000, description="bootstrap resamples of each side's flights")
+    seed: int = Field(ge=0, le=2**32 - 1, description="seed of the bootstrap resamples")
+    expect: Version = Field(
+        pattern=r"^(|v?[0-9]+)$", description="canary promote/rollback: the canary you saw"
+    )
+    reason: str = Field(max_length=1000, pattern=REASON, description="why (recorded in the audit log)")
 
 
 class Rollback(Section):
@@ -240,6 +275,9 @@ class Serve(Section):
     batch_rows: int = Field(
         ge=1, le=10_000_000, description="queued requests share one model call of up to this many rows"
     )
+    explain_top: int = Field(
+        ge=1, le=100, description='"explain": true returns this many top features per flight'
+    )
 
 
 class ParamsModel(Section):
@@ -249,6 +287,7 @@ class ParamsModel(Section):
     train: Train
     evaluate: Evaluate
     promote: Promote
+    canary: Canary
     rollback: Rollback
     monitor: Monitor
     serve: Serve
@@ -258,7 +297,7 @@ class ParamsModel(Section):
 
 SECTIONS: dict[str, type[Section]] = {
     "ingest": Ingest, "validate": Validate, "data": Data, "train": Train, "evaluate": Evaluate,
-    "promote": Promote, "rollback": Rollback, "monitor": Monitor, "serve": Serve,
+    "promote": Promote, "canary": Canary, "rollback": Rollback, "monitor": Monitor, "serve": Serve,
 }  # fmt: skip
 
 

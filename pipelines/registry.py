@@ -2,7 +2,12 @@
 promotion protocol that keeps its guarantees.
 
 Aliases: ``challenger`` is the newest registered version; ``champion`` is the version in
-production, and it moves only through :meth:`Registry.move`.
+production, and it moves only through :meth:`Registry.move`. ``canary``, when set, is a
+candidate answering a share of the traffic (the registered-model tag ``mlops.canary_share``)
+next to the champion; it moves only through :meth:`Registry.move_canary_locked`, under the
+same lock, audit and recovery as the champion (I2-I4 hold for it too). A canary ends either
+as the champion (a ``promote`` with ``canary`` set: the alias is removed with the move) or
+rolled back (``canary-rollback``: the alias is removed and the version barred).
 
 The protocol (docs/how-it-works.md, "The promotion protocol"):
 
@@ -40,10 +45,18 @@ import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from pipelines import faults
-from pipelines.audit import MOVES, AuditLog, audited_champion, last_move, mirror_key, mirror_value
+from pipelines.audit import (
+    CANARY_MOVES,
+    MOVES,
+    AuditLog,
+    audited_champion,
+    last_move,
+    mirror_key,
+    mirror_value,
+)
 from pipelines.config import ConfigError, Settings
 from pipelines.errors import RegistryConflict, StepError
 from pipelines.locks import HeldLock, file_lock, lock_timeout, named_lock
@@ -54,6 +67,8 @@ log = logging.getLogger(__name__)
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
+CANARY = "canary"
+CANARY_SHARE_TAG = "mlops.canary_share"  # registered-model tag: the canary's share of the traffic
 PREVIOUS_TAG = "mlops.previous_champion"
 REGISTRY_LOCK_TIMEOUT_S = 120.0
 
@@ -151,6 +166,14 @@ class Registry:
         model = self.model()
         return {k: str(v) for k, v in (model.aliases if model else {}).items()}
 
+    def canary(self) -> tuple[str | None, float]:
+        """The canary version (None when there is none) and its share of the traffic."""
+        model = self.model()
+        if model is None:
+            return None, 0.0
+        version = model.aliases.get(CANARY)
+        return (str(version) if version else None), (canary_share(dict(model.tags)) if version else 0.0)
+
     def get(self, version: str | int) -> Version | None:
         try:
             mv = self._call(
@@ -244,7 +267,7 @@ class Registry:
         is mirrored by :meth:`_apply`, once the alias has moved (the mirror marks a move complete)."""
         record = self.audit_log.append(action, {**fields, "actor": self.settings.actor_record()}, head)
         faults.point(f"audit.{action}.appended")
-        if action not in ("promote", "rollback"):
+        if action not in ("promote", "rollback", *CANARY_MOVES):
             self._mirror(record)
         return record
 
@@ -283,6 +306,41 @@ class Registry:
                                "mlops.rolled_back_record": str(record["seq"])}.items():  # fmt: skip
                 self._call("tag the rolled-back version", self.client.set_model_version_tag, self.name,
                            previous, key, value)  # fmt: skip
+        if action == "promote" and record.get("canary") == target:  # the canary graduated
+            self._clear_canary(target)
+        faults.point(f"{action}.tagged")
+        self._mirror(record)
+        faults.point(f"{action}.mirrored")
+
+    def _clear_canary(self, version: str | None) -> None:
+        """Remove the ``canary`` alias if it still points at ``version``; the share goes to 0."""
+        model = self.model()
+        if model is not None and version is not None and str(model.aliases.get(CANARY, "")) == version:
+            self._call("remove the canary", self.client.delete_registered_model_alias, self.name, CANARY)
+        self._call(
+            "set the canary share", self.client.set_registered_model_tag, self.name, CANARY_SHARE_TAG, "0"
+        )
+
+    def _apply_canary(self, record: dict[str, Any]) -> None:
+        """Make a recorded canary move true (alias, share, version tags, then the mirror). Idempotent."""
+        action, target, previous = record["action"], record.get("to"), record.get("from")
+        if action == "canary":
+            self._call("move the canary", self.client.set_registered_model_alias, self.name, CANARY, target)
+            faults.point("canary.alias-set")
+            self._call("set the canary share", self.client.set_registered_model_tag, self.name,
+                       CANARY_SHARE_TAG, str(record["share"]))  # fmt: skip
+            for key, value in {
+                "mlops.canary_since": record["at"],
+                "mlops.canary_record": str(record["seq"]),
+            }.items():
+                self._call("tag the canary", self.client.set_model_version_tag, self.name, target, key, value)
+        else:  # canary-rollback
+            self._clear_canary(previous)
+            faults.point("canary-rollback.alias-set")
+            for key, value in {"mlops.rolled_back_at": record["at"], "mlops.rolled_back_reason": record.get("reason", ""),
+                               "mlops.rolled_back_record": str(record["seq"])}.items():  # fmt: skip
+                self._call("tag the rolled-back canary", self.client.set_model_version_tag, self.name,
+                           previous, key, value)  # fmt: skip
         faults.point(f"{action}.tagged")
         self._mirror(record)
         faults.point(f"{action}.mirrored")
@@ -319,6 +377,8 @@ class Registry:
                         self.name, newest["seq"])  # fmt: skip
             if newest.get("action") in MOVES and newest.get("to") == champion:
                 self._apply(newest)
+            elif newest.get("action") in CANARY_MOVES:
+                self._apply_canary(newest)
             else:
                 self._mirror(newest)
         return records
@@ -372,6 +432,74 @@ class Registry:
         self._apply(record)
         return MoveOutcome(True, record)
 
+    def move_canary_locked(
+        self,
+        request: CanaryMove,
+        records: list[dict[str, Any]],
+        precheck: Callable[[list[dict[str, Any]]], None] | None = None,
+        champion: str | Literal["any"] | None = "any",
+    ) -> MoveOutcome:
+        """Move ``canary`` as :meth:`move_locked` moves ``champion``: the caller holds the lock
+        and passes :meth:`recover`'s records; compare-and-set on the canary the caller expects
+        (:class:`RegistryConflict` otherwise, recorded), and on the champion when ``champion``
+        names the one the caller expects; a re-run of a finished move is a no-op."""
+        canary, _ = self.canary()
+        expected_champion, champion = champion, self.aliases().get(CHAMPION)
+        done = next((r for r in reversed(records) if r.get("action") in CANARY_MOVES), None)
+        if (canary == request.target and done is not None and done.get("action") == request.action
+                and done.get("to") == request.target
+                and (request.action != "canary" or done.get("share") == request.share)):  # fmt: skip
+            return MoveOutcome(False, done)
+        head = records[-1] if records else None
+        problem = None
+        if expected_champion != "any" and champion != expected_champion:
+            problem = (
+                f"the champion is {_v(champion)}, not {_v(expected_champion)} as the gate compared against"
+            )
+        elif canary != request.expected:
+            problem = f"the canary is {_v(canary)}, not {_v(request.expected)} as expected"
+        elif request.action == "canary" and champion is None:
+            problem = "there is no champion to share the traffic with (promote one first)"
+        elif request.action == "canary" and request.target == champion:
+            problem = f"v{request.target} is the champion already"
+        if problem is not None:
+            self.record("conflict", {"wanted": request.action, "to": request.target, "expected": request.expected,
+                                     "found": canary, "reason": request.reason, "problem": problem}, head)  # fmt: skip
+            raise RegistryConflict(f"{request.action} refused: {problem}; check `mlops status`")
+        if precheck is not None:
+            precheck(records)
+        fields: dict[str, Any] = {"from": request.expected, "to": request.target, "reason": request.reason,
+                                  "champion": champion, **request.details}  # fmt: skip
+        if request.action == "canary":
+            fields["share"] = request.share
+        record = self.record(request.action, fields, head)
+        faults.point(f"{request.action}.recorded")
+        self._apply_canary(record)
+        return MoveOutcome(True, record)
+
+
+@dataclass
+class CanaryMove:
+    """A requested move of ``canary``: ``canary`` puts ``target`` on ``share`` of the traffic
+    (replacing ``expected``, the canary the caller saw, or none); ``canary-rollback`` takes
+    ``expected`` off (``target`` None)."""
+
+    action: str  # canary | canary-rollback
+    target: str | None
+    expected: str | None
+    reason: str
+    share: float = 0.0
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def canary_share(tags: dict[str, str]) -> float:
+    """The share a registered model's tags give its canary (0 when unset or unreadable)."""
+    try:
+        share = float(tags.get(CANARY_SHARE_TAG, "0"))
+    except ValueError:
+        return 0.0
+    return share if 0.0 < share < 1.0 else 0.0
+
 
 def previous_champion(records: list[dict[str, Any]], version: str) -> str | None:
     """The champion before ``version`` was promoted (the latest promote to it), or before the
@@ -391,7 +519,7 @@ def rolled_back(
     barring: dict[str, Any] | None = None
     for record in records:
         action = record.get("action")
-        if action == "rollback" and (
+        if action in ("rollback", "canary-rollback") and (
             (fingerprint and record.get("fingerprint_from") == fingerprint)
             or (version is not None and record.get("from") == version)
         ):
@@ -423,6 +551,13 @@ def describe(record: dict[str, Any]) -> str:
     action = record.get("action")
     if action in MOVES:
         what = f"{_v(record.get('from'))} -> {_v(record.get('to'))}"
+        if action == "promote" and record.get("canary"):
+            what += " (the canary graduated)"
+    elif action == "canary":
+        was = f"v{record['from']}" if record.get("from") else "none"
+        what = f"{_v(record.get('to'))} on {float(record.get('share', 0)):.0%} of traffic next to champion {_v(record.get('champion'))} (canary was {was})"
+    elif action == "canary-rollback":
+        what = f"{_v(record.get('from'))} taken off (champion {_v(record.get('champion'))} keeps all traffic)"
     elif action == "register":
         what = f"v{record.get('version')} (run {str(record.get('run_id', ''))[:8]})"
     elif action == "conflict":

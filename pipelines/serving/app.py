@@ -1,6 +1,7 @@
 """The FastAPI app and its routes, and `mlops serve` (uvicorn)."""
 
 # no `from __future__ import annotations`: FastAPI reads the handlers' annotations at runtime
+import asyncio
 import contextlib
 import logging
 import os
@@ -9,7 +10,9 @@ import uuid
 from typing import Any
 
 from pipelines.config import Params, Settings
+from pipelines.serving import split
 from pipelines.serving.holder import ROLE_CHAMPION, Server
+from pipelines.serving.loaded import Loaded
 from pipelines.serving.request import field_errors
 
 log = logging.getLogger(__name__)
@@ -125,15 +128,69 @@ def create_app(settings: Settings, params: Params) -> Any:
             message = "; ".join(f"{e['field']}: {e['msg']}" for e in errors[:5])
             return done("invalid", {"detail": errors, "error": message}, 422)
         records = [item.__dict__ for item in parsed.instances]
+        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        route = server.canary_route
+        if parsed.explain:
+            missing = [
+                m.version for m in (champion, route[0] if route else None) if m and m.explainer is None
+            ]
+            if missing:
+                detail = (
+                    f"v{missing[0]} cannot explain its predictions (not a tree model the server can walk)"
+                )
+                return done("invalid", {"detail": [{"loc": ["body", "explain"], "field": "explain", "msg": detail,
+                                                    "type": "explain_unavailable"}], "error": f"explain: {detail}"}, 422)  # fmt: skip
+        if route is not None:  # a canary is live: the split decides who answers each flight
+            return done("ok", await split_predict(champion, route, parsed, records, request, request_id), 200)
         frame = champion.frame(records)
         predictions = await server.batcher.predict(champion, frame)
-        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
         server.log.add(records, predictions, version, ROLE_CHAMPION, request_id)
         server.metrics.rows.labels(version, ROLE_CHAMPION).inc(len(frame))
         server.shadow(frame, records, request_id)
-        return done("ok", {"predictions": [round(float(p), 6) for p in predictions],
-                           "model": server.registry.name, "model_version": version,
-                           "request_id": request_id}, 200)  # fmt: skip
+        body = {"predictions": [round(float(p), 6) for p in predictions], "model": server.registry.name,
+                "model_version": version, "request_id": request_id}  # fmt: skip
+        if parsed.explain:
+            body["explanations"] = champion.explain(frame, records, server.explain_top)
+            server.metrics.explained.inc(len(records))
+        return done("ok", body, 200)
+
+    async def split_predict(champion: Loaded, route: tuple[Loaded, float], parsed: Any,
+                            records: list[dict[str, Any]], request: Any, request_id: str) -> dict[str, Any]:  # fmt: skip
+        """Each flight to the champion or the canary (:mod:`pipelines.serving.split`); one model
+        call per side, both queued at once; the log and the metrics say who answered."""
+        import numpy as np
+
+        canary, share = route
+        keys = parsed.keys or [request.headers.get("x-routing-key") or request_id] * len(records)
+        champion_rows, canary_rows = split.parts(split.to_canary(keys, share, canary.version))
+        sides = [(m, rows, role) for m, rows, role in ((champion, champion_rows, ROLE_CHAMPION),
+                 (canary, canary_rows, split.CANARY_ROLE)) if rows]  # fmt: skip
+        subsets = [[records[i] for i in rows] for _, rows, _ in sides]
+        frames = [m.frame(subset) for (m, _, _), subset in zip(sides, subsets, strict=True)]
+        answers = await asyncio.gather(
+            *(server.batcher.predict(m, f) for (m, _, _), f in zip(sides, frames, strict=True))
+        )
+        predictions = np.empty(len(records), dtype="float64")
+        versions, roles = [champion.version] * len(records), [ROLE_CHAMPION] * len(records)
+        explanations: list[Any] = [None] * len(records)
+        for (m, rows, role), subset, frame, answer in zip(sides, subsets, frames, answers, strict=True):
+            predictions[rows] = answer
+            if parsed.explain:
+                for i, explained in zip(rows, m.explain(frame, subset, server.explain_top), strict=True):
+                    explanations[i] = explained
+                server.metrics.explained.inc(len(rows))
+            for i in rows:
+                versions[i], roles[i] = m.version, role
+            server.log.add(subset, answer, m.version, role, request_id)
+            server.metrics.rows.labels(m.version, role).inc(len(frame))
+            if m is champion:
+                server.shadow(frame, subset, request_id)
+        body = {"predictions": [round(float(p), 6) for p in predictions], "model": server.registry.name,
+                "model_version": versions[0] if len(set(versions)) == 1 else champion.version,
+                "model_versions": versions, "roles": roles, "request_id": request_id}  # fmt: skip
+        if parsed.explain:
+            body["explanations"] = explanations
+        return body
 
     return app
 

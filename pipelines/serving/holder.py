@@ -12,7 +12,7 @@ from typing import Any
 
 from pipelines.config import Params, Settings
 from pipelines.layout import Layout
-from pipelines.registry import CHALLENGER, CHAMPION, Registry
+from pipelines.registry import CANARY, CHALLENGER, CHAMPION, Registry, canary_share
 from pipelines.serving.batching import Batcher, one_thread
 from pipelines.serving.loaded import Loaded, load_version
 from pipelines.serving.metrics import Metrics
@@ -33,12 +33,15 @@ class Server:
         self.flush_interval = float(serve["log_flush_s"])
         self.max_instances = int(serve["max_instances"])
         self.batch_rows = int(serve["batch_rows"])
+        self.explain_top = int(serve["explain_top"])
         self.registry = Registry(settings, params.get("promote.model_name"))
         self.metrics = Metrics(self.registry.name)
         self.layout = Layout.of(settings, params.get("validate.store"))
         self.log = PredictionLog(settings, self.layout, self.metrics, int(serve["log_flush_rows"]))
         self.champion: Loaded | None = None
         self.challenger: Loaded | None = None
+        self.canary: Loaded | None = None
+        self.canary_route: tuple[Loaded, float] | None = None  # set with the canary and its share
         self.wanted: dict[str, str | None] = {CHAMPION: None, CHALLENGER: None}  # per the registry
         self.load_errors: dict[str, str] = {}  # alias -> why its wanted version is not loaded
         self.registry_error: str | None = None
@@ -57,22 +60,29 @@ class Server:
         if version not in self._cache:
             self._cache[version] = load_version(self.registry, version, self.max_instances)
             for old in list(self._cache)[:-3]:  # keep a few: a rollback swaps back at once
-                if old not in {version, *(m.version for m in (self.champion, self.challenger) if m)}:
+                if old not in {
+                    version,
+                    *(m.version for m in (self.champion, self.challenger, self.canary) if m),
+                }:
                     del self._cache[old]
         return self._cache[version]
 
     def refresh(self) -> bool:
         """Look at the aliases once; swap in what changed. True when something changed."""
         changed = False
-        aliases = self.registry.aliases()  # RegistryUnavailable when it does not answer
-        self.wanted = {CHAMPION: aliases.get(CHAMPION), CHALLENGER: aliases.get(CHALLENGER)}
-        targets = {CHAMPION: aliases.get(CHAMPION)}
+        model = self.registry.model()  # RegistryUnavailable when it does not answer
+        aliases = {k: str(v) for k, v in (model.aliases if model else {}).items()}
+        share = canary_share(dict(model.tags)) if model is not None else 0.0
+        self.wanted = {alias: aliases.get(alias) for alias in (CHAMPION, CHALLENGER, CANARY)}
+        targets = {CHAMPION: aliases.get(CHAMPION), CANARY: aliases.get(CANARY) if share > 0 else None}
         if self.shadow_enabled:
             targets[CHALLENGER] = aliases.get(CHALLENGER)
         for alias, version in targets.items():
-            current = self.champion if alias == CHAMPION else self.challenger
-            if alias == CHALLENGER and (self.champion is None or version == self.champion.version):
-                version = None  # nothing to shadow: no champion yet, or the challenger was promoted
+            current = {CHAMPION: self.champion, CHALLENGER: self.challenger, CANARY: self.canary}[alias]
+            if alias != CHAMPION and (self.champion is None or version == self.champion.version):
+                version = None  # nothing to shadow or split: no champion yet, or it was promoted
+            if alias == CHALLENGER and version is not None and version == targets.get(CANARY):
+                version = None  # the canary answers its own share: no shadow of it as well
             if (current.version if current else None) == version:
                 self.load_errors.pop(alias, None)
                 continue
@@ -93,12 +103,15 @@ class Server:
             self.load_errors.pop(alias, None)
             if alias == CHAMPION:
                 self.champion = new  # one reference assignment: requests in flight keep theirs
+            elif alias == CANARY:
+                self.canary = new
             else:
                 self.challenger = new
             self.metrics.loaded(alias, current, new)
             self.metrics.reloads.labels(alias, "swapped").inc()
             log.info("serve: %s v%s -> v%s", alias, current.version if current else "none", version)
             changed = True
+        self.canary_route = self._route(share)
         self.metrics.wanted_loaded.set(
             1.0 if self.wanted[CHAMPION] == (self.champion.version if self.champion else None) else 0.0
         )
@@ -108,6 +121,20 @@ class Server:
             gc.freeze()
         return changed
 
+    def _route(self, share: float) -> tuple[Loaded, float] | None:
+        """(canary, share) when requests are to be split; None when the champion answers all."""
+        canary, champion = self.canary, self.champion
+        if canary is None or champion is None or share <= 0:
+            return None
+        if not set(canary.columns) <= set(champion.columns):  # requests carry the champion's fields
+            message = (f"v{canary.version} needs fields the champion v{champion.version} does not take: "
+                       f"{sorted(set(canary.columns) - set(champion.columns))}; not splitting")  # fmt: skip
+            if self.load_errors.get(CANARY) != message:
+                log.error("serve: canary %s", message)
+            self.load_errors[CANARY] = message
+            return None
+        return canary, share
+
     def readiness(self) -> tuple[int, dict[str, Any]]:
         """(HTTP status, body) of /ready."""
         loaded = self.champion.version if self.champion else None
@@ -116,7 +143,9 @@ class Server:
                     "unreachable_for_s": None if self.registry_error_since is None
                     else round(time.monotonic() - self.registry_error_since, 1)}  # fmt: skip
         body: dict[str, Any] = {"model": self.registry.name, "wanted": wanted, "loaded": loaded, "version": loaded,
-                                "shadow": self.challenger.version if self.challenger else None, "registry": registry}  # fmt: skip
+                                "shadow": self.challenger.version if self.challenger else None,
+                                "canary": self.canary_route[0].version if self.canary_route else None,
+                                "canary_share": self.canary_route[1] if self.canary_route else 0.0, "registry": registry}  # fmt: skip
         if loaded is None:
             reason = self.load_errors.get(CHAMPION) or (
                 "no champion in the registry yet" if wanted is None else f"loading v{wanted}"

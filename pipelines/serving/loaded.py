@@ -24,6 +24,10 @@ class Loaded:
     numeric: list[str]
     request_model: Any  # a pydantic model: {"instances": [Flight, ...]}
     fast: Any = None  # the same computation without joblib's dispatch (see direct_predictor)
+    explainer: Any = None  # per-flight contributions from the trees (pipelines.serving.explain)
+
+    def explain(self, frame: Any, records: list[dict[str, Any]], top: int) -> list[dict[str, Any]]:
+        return list(self.explainer.explain(self.fast.encode(frame), records, top))
 
     def frame(self, records: list[dict[str, Any]]) -> Any:
         """The model's input frame, built column by column (None -> NaN in number columns)."""
@@ -96,11 +100,21 @@ def direct_predictor(model: Any) -> Any:
                 for categories in transformer.categories_
             ]  # fmt: skip
 
-    def predict(frame: Any) -> Any:
-        blocks = [block(transformer, columns, frame) for transformer, columns in parts]
-        return classify.predict_proba(np.hstack(blocks))[:, 1]
+    def encoded(frame: Any) -> Any:
+        return np.hstack([block(transformer, columns, frame) for transformer, columns in parts])
 
-    return predict
+    return Direct(encoded, [c for _, columns in parts for c in columns], classify)
+
+
+class Direct:
+    """P(late) = ``classifier.predict_proba(encode(frame))[:, 1]``; ``names``: the model's
+    input column behind each encoded column (the explainer reads them)."""
+
+    def __init__(self, encode: Any, names: list[str], classifier: Any) -> None:
+        self.encode, self.names, self.classifier = encode, names, classifier
+
+    def __call__(self, frame: Any) -> Any:
+        return self.classifier.predict_proba(self.encode(frame))[:, 1]
 
 
 def _has_nan(values: Any) -> bool:
@@ -136,6 +150,9 @@ def load_version(registry: Registry, version: str, max_instances: int) -> Loaded
             frame = loaded.frame(example.to_dict(orient="records"))
             if np.allclose(fast(frame), model.predict_proba(frame)[:, 1], rtol=0, atol=1e-12):
                 loaded.fast = fast
+                from pipelines.serving.explain import explainer_for
+
+                loaded.explainer = explainer_for(fast)
             else:
                 log.warning(
                     "serve: v%s: the direct path disagrees with the pipeline; using the pipeline", version

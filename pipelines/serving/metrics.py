@@ -33,6 +33,7 @@ class Metrics:
                                     buckets=(1, 2, 5, 10, 50, 100, 500, 1000, 5000), registry=r)  # fmt: skip
         self.wanted_loaded = Gauge("mlops_serve_wanted_loaded",
                                    "1 when the loaded champion is the one the registry wants", registry=r)  # fmt: skip
+        self.explained = Counter("mlops_serve_explained", "Flights explained (explain: true)", registry=r)
         self.model_name = model_name
 
     def loaded(self, alias: str, old: Loaded | None, new: Loaded | None) -> None:

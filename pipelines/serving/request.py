@@ -3,6 +3,8 @@ suite: a wrong field gets a 422 that names it) and the 422 body."""
 
 from typing import Any
 
+from pydantic_core import PydanticCustomError
+
 from pipelines import schema
 
 
@@ -12,7 +14,7 @@ def request_model(signature: Any, max_instances: int) -> Any:
     from typing import Annotated, Literal
 
     from mlflow.types import DataType
-    from pydantic import AfterValidator, ConfigDict, Field, create_model
+    from pydantic import AfterValidator, ConfigDict, Field, create_model, model_validator
 
     from pipelines.expectations import feature_constraints
 
@@ -44,10 +46,29 @@ def request_model(signature: Any, max_instances: int) -> Any:
             raise ValueError(f"signature input {name!r} has a type the server does not map: {kind}")
     strict = ConfigDict(extra="forbid", strict=True)
     flight = create_model("Flight", __config__=strict, **fields)
+    key: Any = Annotated[str, Field(min_length=1, max_length=200)]
+    keys: Any = Annotated[list[key], Field(min_length=1, max_length=max_instances,  # type: ignore[valid-type]
+                          description="optional, one per instance: the flight's key (e.g. 2013-01-05/UA1545/EWR); "
+                                      "a canary answers the same flights whatever the request")] | None  # fmt: skip
+    explain: Any = Annotated[bool, Field(description="also return each flight's top feature contributions "
+                                         "(log-odds, from the model's trees)")]  # fmt: skip
     return create_model(
         "PredictRequest", __config__=strict,
+        __validators__={"keys_match": model_validator(mode="after")(_keys_match)},  # type: ignore[dict-item]
         instances=(Annotated[list[flight], Field(min_length=1, max_length=max_instances)], ...),  # type: ignore[valid-type]
+        keys=(keys, None),
+        explain=(explain, False),
     )  # fmt: skip
+
+
+def _keys_match(request: Any) -> Any:
+    if request.keys is not None and len(request.keys) != len(request.instances):
+        raise PydanticCustomError(
+            "keys_length",
+            "{keys} key(s) for {instances} instance(s): give one key per instance, or none",
+            {"keys": len(request.keys), "instances": len(request.instances)},
+        )
+    return request
 
 
 def _whole(value: float) -> float:
@@ -71,6 +92,8 @@ def field_errors(exc: Any) -> list[dict[str, Any]]:
     """Pydantic errors as FastAPI's 422 body lists them, with a readable field path."""
     out = []
     for error in exc.errors(include_url=False, include_input=False):
+        if error["type"] == "keys_length":  # a whole-request check about one field
+            error["loc"] = ("keys",)
         loc = ["body", *error["loc"]]
         path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error["loc"]).lstrip(".")
         out.append({"loc": loc, "field": path or "body", "msg": error["msg"], "type": error["type"]})

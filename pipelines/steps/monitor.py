@@ -5,7 +5,9 @@ For batch date D it compares the current window (the validated days in
 reference sample (training features + predictions, logged with the model) using
 Evidently: per-column data drift, the share of drifted columns, and prediction drift.
 Once labels have arrived it also measures live performance: the predictions made for
-D - 1 joined with that day's outcomes (ROC AUC, Brier). A breach of any threshold in
+D - 1 joined with that day's outcomes (ROC AUC, Brier); with a canary, its flights are
+measured beside the champion's (``live.by_role``) and kept out of the champion's drift
+window and breach. A breach of any threshold in
 ``params.yaml`` (``monitor.*``) sets ``breach`` with the reasons; the Airflow DAG turns a
 breach into an Asset event that starts retraining.
 
@@ -70,7 +72,10 @@ def current_window(layout: Layout, day: dt.date, days: int, settings: Settings |
         d = day - dt.timedelta(days=offset)
         path = layout.predictions_file(d)
         if path.exists() or (settings and fetch_missing(settings, f"predictions/{d}.parquet", path)):
-            frames.append(_logged_features(pd.read_parquet(path)))
+            frame = pd.read_parquet(path)
+            if "role" in frame.columns:  # the champion's flights: a canary's are its own traffic
+                frame = frame[frame["role"] == CHAMPION]
+            frames.append(_logged_features(frame))
     if not frames:
         raise StepError(
             f"batch {day}: no scored flights in the {days} day(s) up to it (run `mlops score` first)"
@@ -109,17 +114,28 @@ def live_performance(layout: Layout, day: dt.date, late_threshold: float) -> dic
     if not (predictions.exists() and outcomes.exists()):
         return None
     keys = list(schema.FLIGHT_KEY)
-    scored = pd.read_parquet(predictions)[[*keys, PREDICTION]]
+    scored = pd.read_parquet(predictions)
+    if "role" not in scored.columns:  # a log written before canaries
+        scored["role"] = CHAMPION
     batch = pd.read_parquet(outcomes)
-    labelled = scored.merge(batch[[*keys, "arr_delay"]], on=keys, how="inner")
-    y = build_target(labelled, late_threshold)
-    if y.nunique() < 2:
+    labelled = scored[[*keys, PREDICTION, "role", "model_version"]].merge(
+        batch[[*keys, "arr_delay"]], on=keys, how="inner"
+    )
+    labelled["y"] = build_target(labelled, late_threshold).to_numpy()
+    by_role = {}
+    for role, part in labelled.groupby("role", sort=True):
+        if part["y"].nunique() == 2:
+            by_role[str(role)] = {
+                "model_version": str(part["model_version"].iloc[0]), "rows": len(part),
+                "late_rate": float(part["y"].mean()), "roc_auc": float(roc_auc_score(part["y"], part[PREDICTION])),
+                "brier": float(brier_score_loss(part["y"], part[PREDICTION])),
+            }  # fmt: skip
+    champion = by_role.get(CHAMPION)
+    if champion is None:
         return None
-    return {
-        "date": yesterday.isoformat(), "rows": len(labelled), "late_rate": float(y.mean()),
-        "roc_auc": float(roc_auc_score(y, labelled[PREDICTION])),
-        "brier": float(brier_score_loss(y, labelled[PREDICTION])),
-    }  # fmt: skip
+    # the champion's flights decide the breach; a canary's are reported beside them
+    return {"date": yesterday.isoformat(), **{k: v for k, v in champion.items() if k != "model_version"},
+            **({"by_role": by_role} if len(by_role) > 1 else {})}  # fmt: skip
 
 
 def drift_report(reference: Any, current: Any, cfg: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
@@ -245,12 +261,22 @@ def monitor(settings: Settings, params: Params, day: dt.date) -> dict[str, Any]:
             metrics["prediction_drift_score"] = prediction["score"]
         if live:
             metrics.update(live_roc_auc=live["roc_auc"], live_brier=live["brier"])
+            canary = (live.get("by_role") or {}).get("canary")
+            if canary:
+                metrics.update(live_canary_roc_auc=canary["roc_auc"], live_canary_brier=canary["brier"])
         mlflow.log_metrics(metrics)
         mlflow.log_artifacts(str(out_dir), artifact_path=f"monitor/{day}")
     log.info("monitor %s: drift share %.2f (%s), prediction drift %s, live %s -> %s", day, share,
              ", ".join(summary["drifted_features"]) or "none", prediction.get("drifted"),
              "n/a" if live is None else f"auc {live['roc_auc']:.3f}", "BREACH" if reasons else "ok")  # fmt: skip
     log.info("monitor %s: Evidently report: %s", day, (out_dir / "drift.html").resolve().as_uri())
+    if reasons:
+        from pipelines.notify import make_notifier
+
+        make_notifier().notify(f"drift breach on {day} (champion v{champion.version})", {
+            "reasons": reasons, "drift_share": share, "live": live,
+            "report": (out_dir / "drift.html").resolve().as_uri(),
+        }, level="warning")  # fmt: skip
     return {k: v for k, v in summary.items() if k != "columns"}
 
 

@@ -10,6 +10,11 @@ recorded and exits 99 (downstream skipped); a model identical to one that was ro
 is refused the same way unless forced; otherwise ``champion`` moves from the champion the
 gate evaluated against to the new version, after the version loaded and predicted in a fresh
 process (:mod:`pipelines.infra`). Re-running a finished promotion changes nothing and exits 0.
+
+With ``promote.to: canary`` the blessed (or forced) version goes to the ``canary`` alias on
+``canary.share`` of the traffic instead, next to the champion the gate compared against
+(which must still be the champion); ``mlops canary promote|rollback`` ends it
+(:mod:`pipelines.steps.canary`).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from pipelines.config import Params, Settings
 from pipelines.errors import Skipped, StepError
 from pipelines.infra import InfraRefused, check
 from pipelines.layout import Layout
-from pipelines.registry import CHAMPION, Move, Registry, rolled_back
+from pipelines.registry import CHAMPION, CanaryMove, Move, Registry, rolled_back
 
 log = logging.getLogger(__name__)
 
@@ -179,12 +184,16 @@ def promote_if_blessed(settings: Settings, params: Params, run_id: str | None = 
     # promotion, the one the person forcing it names (compare-and-set either way)
     expected = (None if named == "none" else named) if named else gate["champion_version"]
     gate_info = candidate.gate_info
+    to_canary = cfg["to"] == "canary"
     result = {"version": version.version, "run_id": trained["run_id"], "verdict": gate["verdict"],
-              "champion_before": expected, "forced": forced, "changed": False}  # fmt: skip
+              "champion_before": expected, "forced": forced, "changed": False, "to": cfg["to"]}  # fmt: skip
 
     # infra validation before taking the lock (it takes seconds); skipped when there is
     # nothing to move (refused, or already the champion: a re-run)
-    will_move = (gate["blessed"] or forced) and registry.aliases().get(CHAMPION) != version.version
+    aliases = registry.aliases()
+    will_move = (gate["blessed"] or forced) and aliases.get(CHAMPION) != version.version
+    if to_canary:
+        will_move = will_move and aliases.get("canary") != version.version
     infra: dict[str, Any] | None = None
     infra_error: InfraRefused | None = None
     if will_move:
@@ -223,6 +232,21 @@ def promote_if_blessed(settings: Settings, params: Params, run_id: str | None = 
             )
 
         why = reason or f"gate blessed run {trained['run_id']} ({len(gate['checks'])} checks)"
+        if to_canary:
+            share = float(params.get("canary.share"))
+            canary_outcome = registry.move_canary_locked(
+                CanaryMove("canary", version.version, registry.canary()[0], why, share,
+                           {"gate": gate_info, "infra": infra, "fingerprint": fingerprint, "forced": forced}),
+                records, precheck=not_rolled_back, champion=expected,
+            )  # fmt: skip
+            result.update(canary=version.version, share=share, champion=registry.aliases().get(CHAMPION),
+                          changed=canary_outcome.changed, record=canary_outcome.record["seq"])  # fmt: skip
+            log.info("promote: v%s is the canary on %.0f%% of traffic next to champion %s%s", version.version,
+                     share * 100, _v(expected), "" if canary_outcome.changed else " (already)")  # fmt: skip
+            if canary_outcome.changed:
+                _notify(f"v{version.version} is the canary on {share:.0%} of traffic next to champion {_v(expected)}",
+                        result)  # fmt: skip
+            return result
         outcome = registry.move_locked(
             Move("promote", version.version, expected, why, forced,
                  {"gate": gate_info, "infra": infra, "fingerprint": fingerprint}),
@@ -232,10 +256,18 @@ def promote_if_blessed(settings: Settings, params: Params, run_id: str | None = 
     if outcome.changed:
         log.info("promote: v%s is champion (was %s)%s", version.version, _v(expected),
                  " [FORCED]" if forced and not gate["blessed"] else "")  # fmt: skip
+        _notify(f"v{version.version} promoted to champion (was {_v(expected)})"
+                + (" [FORCED]" if forced and not gate["blessed"] else ""), result)  # fmt: skip
     else:
         log.info("promote: nothing to do, v%s is already the champion (record %d, %s by %s)", version.version,
                  outcome.record["seq"], outcome.record["at"], outcome.record["actor"]["name"])  # fmt: skip
     return result
+
+
+def _notify(title: str, result: dict[str, Any]) -> None:
+    from pipelines.notify import make_notifier
+
+    make_notifier().notify(title, result, level="info")
 
 
 def _rolled_back_reason(version: str, record: dict[str, Any]) -> str:

@@ -69,6 +69,10 @@ def rollback(settings: Settings, params: Params) -> dict[str, Any]:
     }))  # fmt: skip
     if outcome.changed:
         log.info("rollback: champion v%s -> v%s (%s)", expected, target, reason)
+        from pipelines.notify import make_notifier
+
+        make_notifier().notify(f"rollback: champion v{expected} -> v{target}", {"reason": reason,
+                               "record": outcome.record["seq"]}, level="warning")  # fmt: skip
     else:
         log.info("rollback: nothing to do, already rolled back v%s -> v%s (record %d)", expected, target,
                  outcome.record["seq"])  # fmt: skip

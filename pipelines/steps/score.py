@@ -5,6 +5,11 @@ model's features, the predicted probability, the champion version and the scorin
 what ``monitor`` compares with the champion's reference and, when the day's labels
 arrive, with the outcomes. Idempotent per day: scoring again rewrites the day's log.
 
+With a canary (``mlops status`` shows it), the day's flights are split the way serving
+splits requests (:mod:`pipelines.serving.split`: by flight key, the canary's share): each
+flight is scored by one model, and the log's ``role`` (champion | canary) and
+``model_version`` say which; ``monitor`` compares the two on the labels that arrive.
+
 A range of days (``--dates``, a range backfill) is scored in one process: the champion is
 loaded once, and each day's log is the one a run for that day alone writes. Quarantined
 days of a range are listed and skipped; a one-day run for a day not validated fails.
@@ -24,6 +29,7 @@ from pipelines.features import build_features
 from pipelines.layout import Layout
 from pipelines.publish import fetch_missing, publish_files
 from pipelines.registry import CHAMPION, Registry
+from pipelines.serving import split
 from pipelines.storage import atomic_write_parquet
 
 log = logging.getLogger(__name__)
@@ -64,17 +70,20 @@ class _Scorer:
         import mlflow
 
         if version not in self._models:
-            self._models = {version: mlflow.sklearn.load_model(uri)}
+            self._models = {**dict(list(self._models.items())[-1:]), version: mlflow.sklearn.load_model(uri)}
         return self._models[version]
 
     def score(self, day: dt.date) -> dict[str, Any]:
+        import numpy as np
         import pandas as pd
 
         settings, layout, registry = self.settings, self.layout, self.registry
         batch_file = layout.validated_batch(day)
         if not fetch_missing(settings, f"validated/{day}.parquet", batch_file):
             raise StepError(f"batch {day}: not validated yet ({batch_file} is missing): nothing to score")
-        champion = registry.alias(CHAMPION)  # each day: a promotion during a range takes effect
+        # each day: a promotion (or a canary's start or end) during a range takes effect
+        canary_version, share = registry.canary()
+        champion = registry.alias(CHAMPION)
         if champion is None:
             raise StepError(
                 f"model {registry.name!r} has no champion to score with (train and promote first)"
@@ -87,7 +96,21 @@ class _Scorer:
         for column in schema.FEATURES:
             log_frame[f"f_{column}"] = features[column]
         log_frame["prediction"] = model.predict_proba(features)[:, 1]
+        # the champion's answer for every flight, the canary's too: a flight's delay does not
+        # depend on which model predicted it, so the deploy loop compares the two paired
+        log_frame["champion_prediction"] = log_frame["prediction"]
         log_frame["model_version"] = champion.version
+        log_frame["role"] = CHAMPION
+        canary = (
+            registry.get(canary_version) if canary_version and canary_version != champion.version else None
+        )
+        if canary is not None and share > 0:
+            mask = np.array(split.to_canary(split.frame_keys(batch), share, canary.version), dtype=bool)
+            if mask.any():
+                canary_model = self._model(canary.version, registry.model_uri(canary))
+                log_frame.loc[mask, "prediction"] = canary_model.predict_proba(features[mask])[:, 1]
+                log_frame.loc[mask, "model_version"] = canary.version
+                log_frame.loc[mask, "role"] = split.CANARY_ROLE
         log_frame["scored_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         log_frame["batch_date"] = day.isoformat()
         out = layout.predictions_file(day)
@@ -100,6 +123,9 @@ class _Scorer:
             staged.unlink(missing_ok=True)
         result = {"date": day.isoformat(), "rows": len(log_frame), "model_version": champion.version,
                   "mean_prediction": round(float(log_frame["prediction"].mean()), 4), "predictions": str(out)}  # fmt: skip
+        canary_rows = int((log_frame["role"] == split.CANARY_ROLE).sum())
+        if canary_rows:
+            result.update(canary_version=canary.version if canary else None, canary_rows=canary_rows)
         log.info("score %s: %d flights with champion v%s (mean risk %.3f)", day, len(log_frame), champion.version,
                  result["mean_prediction"])  # fmt: skip
         return result

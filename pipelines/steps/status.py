@@ -9,7 +9,7 @@ from typing import Any
 from pipelines.audit import Verification, verify
 from pipelines.config import ConfigError, Params, Settings
 from pipelines.layout import Layout
-from pipelines.registry import CHALLENGER, CHAMPION, Registry, Version, describe, previous_champion
+from pipelines.registry import CANARY, CHALLENGER, CHAMPION, Registry, Version, describe, previous_champion
 
 
 def _describe(version: Version | None) -> dict[str, Any] | None:
@@ -30,8 +30,9 @@ def verify_registry(registry: Registry) -> tuple[Verification, list[dict[str, An
     """The audit log checked against itself, its MLflow mirror and the live alias."""
     records = registry.audit_records()
     model = registry.model()
-    champion = str(model.aliases[CHAMPION]) if model is not None and CHAMPION in model.aliases else None
-    return verify(records, dict(model.tags) if model is not None else None, champion), records
+    aliases = {k: str(v) for k, v in (model.aliases if model is not None else {}).items()}
+    return verify(records, dict(model.tags) if model is not None else None, aliases.get(CHAMPION),
+                  aliases.get(CANARY)), records  # fmt: skip
 
 
 def collect_status(settings: Settings, params: Params) -> dict[str, Any]:
@@ -40,6 +41,8 @@ def collect_status(settings: Settings, params: Params) -> dict[str, Any]:
     aliases = registry.aliases()
     champion = registry.get(aliases[CHAMPION]) if CHAMPION in aliases else None
     challenger = registry.get(aliases[CHALLENGER]) if CHALLENGER in aliases else None
+    canary_version, share = registry.canary()
+    canary = registry.get(canary_version) if canary_version else None
     try:
         check, records = verify_registry(registry)
         audit: dict[str, Any] = {"where": registry.audit_log.where, "ok": check.ok, "summary": check.summary(),
@@ -56,6 +59,7 @@ def collect_status(settings: Settings, params: Params) -> dict[str, Any]:
         "tracking_uri": settings.mlflow_uri,
         "champion": _describe(champion),
         "challenger": _describe(challenger),
+        "canary": None if canary is None else {**(_describe(canary) or {}), "share": share},
         "previous_champion": _describe(registry.get(before)) if before else None,
         "validated_data": {
             "days": len(validated),
@@ -98,6 +102,11 @@ def render_status(state: dict[str, Any]) -> str:
         f"model {state['model']}  (tracking: {state['tracking_uri']})",
         line("champion", state["champion"]),
         line("challenger", state["challenger"]),
+        *(
+            [line("canary", state["canary"]) + f", on {state['canary']['share']:.0%} of traffic"]
+            if state.get("canary")
+            else []
+        ),
         line("previous champion", state["previous_champion"]),
         f"{'validated data':<18} {data['days']} day(s) {data['first']} .. {data['last']}; "
         f"quarantined: {', '.join(data['quarantined']) or 'none'}",
@@ -117,6 +126,10 @@ def render_status(state: dict[str, Any]) -> str:
     if state["audit"]:
         out.append("audit trail (latest last):")
         out += [f"  {describe(record)}" for record in state["audit"]]
+    if state.get("canary"):
+        out.append(
+            f"end the canary:    mlops canary promote|rollback --expect {state['canary']['version']} --reason '...'"
+        )
     champion = state["champion"]
     if champion:
         target = state["previous_champion"]

@@ -18,6 +18,7 @@ from tests.conftest import VENV_BIN, clone_workspace, git
 
 FEB = "2013-02-01:2013-02-02"
 NAME = "flight-delay"
+TO_CANARY = ("promote", "--set", "promote.to=canary", "--run")  # + the run id
 AIRFLOW_RUN = "retrain/manual__2026-11-30T00:00:00+00:00"
 # a small, always-blessing training core: the gate's own logic is tested elsewhere
 PARAMS = {
@@ -69,10 +70,15 @@ def states(
     run_id = ok(mlops(promote, "retrain", "--set", "train.random_state=7"))["run_id"]
     rollback = clone_workspace(promote, root / "rollback")
     assert ok(mlops(rollback, "promote", "--run", run_id))["champion"] == "2"
+    canary = clone_workspace(promote, root / "canary")
+    assert ok(mlops(canary, *TO_CANARY, run_id))["canary"] == "2"
     return {
         "validate": (validate, ["validate", "--dates", FEB]),
         "retrain": (plain, ["retrain"]),
         "retrain-overrides": (base, ["retrain", "--set", "train.learning_rate=0.2"]),
         "promote": (promote, ["promote", "--run", run_id]),
         "rollback": (rollback, ["rollback", "--expect", "2", "--reason", "crash drill"]),
+        "canary": (promote, [*TO_CANARY, run_id]),
+        "canary-promote": (canary, ["canary", "promote", "--expect", "2", "--reason", "crash drill"]),
+        "canary-rollback": (canary, ["canary", "rollback", "--expect", "2", "--reason", "crash drill"]),
     }

@@ -1,7 +1,8 @@
 """Crash safety: the real commands killed with SIGKILL at every step boundary, then re-run.
 
 For validate, retrain (in the workspace, and with overrides in a private run copy as a
-manual Airflow trigger with Params runs it), promote and rollback, a trace run lists the
+manual Airflow trigger with Params runs it), promote and rollback, and the canary's three
+moves (a promotion to canary, its graduation, its rollback), a trace run lists the
 boundaries each command passes (``MLOPS_TEST_TRACE``); the list must be the one below, so a
 new boundary without a kill test fails here. For each boundary a fresh copy of the state is
 made, the command is killed there (``MLOPS_TEST_KILL_AT``: the process sends itself SIGKILL,
@@ -50,18 +51,26 @@ POINTS: dict[str, list[str]] = {
                 "promote.mirrored"],
     "rollback": ["rollback.infra-checked", "rollback.locked", "audit.rollback.appended", "rollback.recorded",
                  "rollback.alias-set", "rollback.tagged", "rollback.mirrored"],
+    "canary": ["promote.registered", "promote.infra-checked", "promote.locked", "audit.register.appended",
+               "audit.canary.appended", "canary.recorded", "canary.alias-set", "canary.tagged", "canary.mirrored"],
+    "canary-promote": ["canary-promote.infra-checked", "audit.promote.appended", "promote.recorded",
+                       "promote.alias-set", "promote.tagged", "promote.mirrored"],
+    "canary-rollback": ["audit.canary-rollback.appended", "canary-rollback.recorded", "canary-rollback.alias-set",
+                        "canary-rollback.tagged", "canary-rollback.mirrored"],
 }  # fmt: skip
 # points inside a stage process that `dvc repro` runs: killing there fails the stage, so the
 # command itself exits 1 instead of being killed
 STAGE_POINTS = {"featurize.window-copied", "train.run-started", "train.fitted", "train.logged",
                 "evaluate.scored", "evaluate.written"}  # fmt: skip
 EXTRA = [("validate", "validate.copied#2"), ("validate", "validate.done-day#2")]  # between the two days
-# the stages run the same code in both retrain variants: killed in them once (plain retrain)
+# the stages run the same code in both retrain variants: killed in them once (plain retrain);
+# a promotion to canary runs promote's code up to its move: killed there once (promote)
+SHARED = {"retrain-overrides": STAGE_POINTS, "canary": set(POINTS["promote"][:4])}
 CASES = [
     (command, point)
     for command, points in POINTS.items()
     for point in points
-    if not (command == "retrain-overrides" and point in STAGE_POINTS)
+    if point not in SHARED.get(command, set())
 ] + EXTRA
 
 
@@ -75,7 +84,7 @@ def test_every_boundary_has_a_kill_test(states: dict[str, tuple[Path, list[str]]
         assert seen == POINTS[command], f"{command}: boundaries passed {seen}"
         check(ws, command, (template / "params.yaml").read_bytes())
         again = ok(mlops(ws, *argv, env=environment(ws, command)))  # I4: a finished command again
-        if command in ("promote", "rollback"):
+        if command in ("promote", "rollback") or command.startswith("canary"):
             assert again["changed"] is False
         if command == "retrain":
             assert again["stages_run"] == []
@@ -104,7 +113,7 @@ def check(ws: Path, command: str, params_before: bytes) -> None:
     """The invariants after a command completed (however many times it was interrupted)."""
     import mlflow
 
-    from pipelines.audit import MOVES
+    from pipelines.audit import CANARY_MOVES, MOVES
     from pipelines.config import Settings
     from pipelines.registry import CHAMPION, Registry
     from pipelines.steps.status import verify_registry
@@ -114,10 +123,20 @@ def check(ws: Path, command: str, params_before: bytes) -> None:
     verification, records = verify_registry(registry)
     assert verification.ok, verification.problems
     moves = [r for r in records if r["action"] in MOVES]
-    expected = {"promote": [(None, "1"), ("1", "2")], "rollback": [(None, "1"), ("1", "2"), ("2", "1")]}
+    expected = {"promote": [(None, "1"), ("1", "2")], "rollback": [(None, "1"), ("1", "2"), ("2", "1")],
+                "canary-promote": [(None, "1"), ("1", "2")]}  # fmt: skip
     assert [(r["from"], r["to"]) for r in moves] == expected.get(command, [(None, "1")]), (
         "one record per move"
     )
+    canary_moves = [(r["action"], r["from"], r["to"]) for r in records if r["action"] in CANARY_MOVES]
+    started = [("canary", None, "2")]
+    assert canary_moves == {"canary": started, "canary-promote": started,
+                            "canary-rollback": [*started, ("canary-rollback", "2", None)]}.get(command, [])  # fmt: skip
+    assert registry.canary() == (("2", 0.1) if command == "canary" else (None, 0.0))
+    if command == "canary-promote":
+        assert moves[-1]["canary"] == "2", "the canary graduated in the move's own record"
+    if command == "canary-rollback":  # barred like a rolled-back champion
+        assert registry.get("2").tags["mlops.rolled_back_record"] == str(records[-1]["seq"])
     assert [r["version"] for r in records if r["action"] == "register"] == sorted(
         {r["version"] for r in records if r["action"] == "register"}
     ), "each version registered once"

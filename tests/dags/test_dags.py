@@ -27,9 +27,9 @@ def test_dagbag_loads_every_dag_without_errors(dagbag) -> None:  # type: ignore[
             assert task.retries >= (0 if dag.dag_id == "rollback" else 2)
             assert task.on_failure_callback, f"{dag.dag_id}.{task.task_id} has no failure alert"
     nightly = dagbag.dags["nightly"]
-    assert [t.task_id for t in nightly.topological_sort()] == [
-        "ingest", "validate", "score", "monitor", "signal_retraining",
-    ]  # fmt: skip
+    assert [t.task_id for t in nightly.topological_sort()][:4] == ["ingest", "validate", "score", "monitor"]
+    assert nightly.get_task("monitor").downstream_task_ids == {"signal_retraining", "decide"}
+    assert "canary decide --date" in nightly.get_task("decide").bash_command
     assert [o.name for o in nightly.get_task("signal_retraining").outlets] == ["flight_delay_drift"]
     retrain = dagbag.dags["retrain"]
     assert "flight_delay_drift" in str(retrain.timetable.asset_condition)
@@ -290,6 +290,7 @@ def test_dag_test_retrain_then_nightly(january: Path, airflow_db, monkeypatch: p
     assert run.state == "success", states
     assert {k: v for k, v in states.items() if k != "signal_retraining"} == {
         "ingest": "success", "validate": "success", "score": "success", "monitor": "success",
+        "decide": "skipped",  # no canary: the deploy loop has nothing to decide
     }  # fmt: skip
     summary = json.loads((january / "reports/monitor/2013-02-01/summary.json").read_text())
     assert states["signal_retraining"] == ("success" if summary["breach"] else "skipped")

@@ -83,7 +83,7 @@ def test_scheduled_nightly_drift_retrain_refusal_kill_rollback_backfill(
     assert not run["logical_date"].startswith("2013")  # a date of this year, not replayed as itself
     assert xcom(api, "nightly", run["dag_run_id"], "ingest")["date"] == "2013-07-15"
     assert states == {"ingest": "success", "validate": "success", "score": "success", "monitor": "success",
-                      "signal_retraining": "success"}  # fmt: skip
+                      "signal_retraining": "success", "decide": "skipped"}  # fmt: skip
     summary = json.loads((drifted_workspace / "reports/monitor/2013-07-15/summary.json").read_text())
     assert summary["breach"] and "month" in summary["drifted_features"]
     assert "breach on 2013-07-15 (champion v1)" in task_log(

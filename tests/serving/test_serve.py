@@ -260,6 +260,57 @@ def test_direct_path_gives_the_pipelines_answers(served: Path) -> None:
     assert np.array_equal(loaded.fast(frame), loaded.model.predict_proba(frame)[:, 1])
 
 
+def test_explanations_add_up_to_the_models_log_odds(served: Path) -> None:
+    """ "explain": true: per flight, the base plus every input's contribution is the model's own
+    log-odds (scikit-learn's decision_function) on real days, unknown codes and missing values;
+    the top features are the largest contributions; a request without it is answered as before."""
+    import numpy as np
+    import pandas as pd
+
+    from pipelines.config import Settings
+    from pipelines.features import build_features
+    from pipelines.registry import Registry
+    from pipelines.serving import load_version
+
+    for version in ("1", "2"):  # two shapes of trees (v2: 7 leaves, 15 iterations)
+        loaded = load_version(Registry(Settings(), MODEL), version, 1000)
+        assert loaded.explainer is not None
+        classifier = loaded.model.steps[-1][1]
+        for day in ("2013-01-02", "2013-01-31"):
+            features = build_features(pd.read_parquet(served / f"data/validated/{day}.parquet"))
+            records = json.loads(features.to_json(orient="records"))
+            odd = [
+                {**records[0], "dest": "ZZZ", "temp": None, "wind_gust": None},
+                {**records[1], "carrier": "XX"},
+            ]
+            frame = loaded.frame(records + odd)
+            X = loaded.fast.encode(frame)
+            contributions = loaded.explainer.contributions(X)
+            log_odds = classifier.decision_function(X)
+            assert np.abs(contributions.sum(axis=1) + loaded.explainer.base - log_odds).max() < 1e-9, (
+                version,
+                day,
+            )
+            assert (np.abs(contributions) > 0).sum(axis=1).mean() > 3, "credit spread over several inputs"
+    one = flights(served, 3)
+    with app_client() as client:
+        plain = client.post("/predict", json={"instances": one}).json()
+        assert "explanations" not in plain
+        body = client.post("/predict", json={"instances": one, "explain": True}).json()
+        assert body["predictions"] == plain["predictions"]
+        for p, explained, flight in zip(body["predictions"], body["explanations"], one, strict=True):
+            assert abs(1 / (1 + np.exp(-explained["log_odds"])) - p) < 1e-5
+            top = explained["top"]
+            assert len(top) == 5 and all(item["value"] == flight[item["feature"]] for item in top)
+            sizes = [abs(item["contribution"]) for item in top]
+            assert sizes == sorted(sizes, reverse=True)
+        bad = client.post("/predict", json={"instances": one, "explain": "yes"})
+        assert bad.status_code == 422 and bad.json()["error"].startswith(
+            "explain: Input should be a valid boolean"
+        )
+        assert "mlops_serve_explained_total 3.0" in client.get("/metrics").text
+
+
 def test_not_ready_until_a_champion_exists(served: Path) -> None:
     """Started before any promotion: alive, not ready, 503 on predict, nothing shadowed;
     ready as soon as the poller sees a champion."""
