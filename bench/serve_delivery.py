@@ -39,6 +39,7 @@ from serve_load import BIN, REPO, free_port, instances, summary, wait_ready
 
 def copy_registry(root: Path, folder: Path) -> str:
     """v1 and v2 of flight-delay in a new SQLite registry: both the workspace's champion."""
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
     import mlflow
     from mlflow import MlflowClient
 
@@ -51,10 +52,14 @@ def copy_registry(root: Path, folder: Path) -> str:
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
     mlflow.set_experiment("bench")
+    import pipelines
+    from pipelines.model import SKOPS_TRUSTED_TYPES
+
     for _ in range(2):
         with mlflow.start_run():
             mlflow.sklearn.log_model(model, name="model", signature=info.signature, input_example=example,
-                                     registered_model_name="flight-delay")  # fmt: skip
+                                     registered_model_name="flight-delay", skops_trusted_types=SKOPS_TRUSTED_TYPES,
+                                     code_paths=[str(Path(pipelines.__file__).parent)])  # fmt: skip
     client = MlflowClient(uri, uri)
     client.set_registered_model_alias("flight-delay", "champion", "1")
     return uri
@@ -157,12 +162,12 @@ def main() -> None:
             wait_ready(port, "/ready", proc)
             every = round(1 / args.explain_share) if args.explain_share > 0 else 0
             cases = [("plain", 0.0, 0), ("canary", args.share, 0), ("canary + explain", args.share, every)]
-            warm = http.client.HTTPConnection("127.0.0.1", port)
             results: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in cases}
             for round_ in range(args.rounds):
                 for name, share, explain_every in cases:
                     set_canary(uri, share)
                     wait_canary(port, share)
+                    warm = http.client.HTTPConnection("127.0.0.1", port)  # idle keep-alives are closed
                     for body in bodies[:50]:  # warm-up (both models, the explainer)
                         warm.request("POST", "/predict", body[:-1] + b', "explain": true}',
                                      {"Content-Type": "application/json"})  # fmt: skip

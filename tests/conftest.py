@@ -171,6 +171,11 @@ def _no_leaked_tracking_uri() -> Iterator[None]:
                  "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER",
                  "MLFLOW_HTTP_REQUEST_TIMEOUT"):  # fmt: skip
         os.environ.pop(name, None)
+    # and the registry URI a test set in this process (mlflow keeps it in a module global: a
+    # later test's models:/ URIs would resolve in another workspace's registry)
+    registry_utils = sys.modules.get("mlflow.tracking._model_registry.utils")
+    if registry_utils is not None:
+        registry_utils._registry_uri = None  # type: ignore[attr-defined]
 
 
 # the scenarios that take minutes each, longest first: under pytest-xdist (`make test`: two

@@ -61,9 +61,16 @@ def test_a_canary_splits_batch_and_served_traffic_by_flight_and_is_rolled_back(
     assert list(log["model_version"]) == ["2" if m else "1" for m in expected]
     assert 0.2 < expected.mean() < 0.4 and scored["canary_rows"] == int(expected.sum())
     mlflow.set_tracking_uri(f"sqlite:///{ws / 'mlflow.db'}")
+    mlflow.set_registry_uri(f"sqlite:///{ws / 'mlflow.db'}")  # not one an earlier test in this worker set
     v1, v2 = (mlflow.sklearn.load_model(f"models:/{NAME}/{v}") for v in ("1", "2"))
     features = build_features(batch)
-    assert np.allclose(log["prediction"][expected], v2.predict_proba(features[expected])[:, 1], atol=1e-12)
+    canary_answers = v2.predict_proba(features[expected])[:, 1]
+    assert np.allclose(log["prediction"][expected], canary_answers, atol=1e-12), (
+        log["prediction"][expected].to_numpy()[:5],
+        canary_answers[:5],
+        v1.predict_proba(features[expected])[:5, 1],
+        log["champion_prediction"][expected].to_numpy()[:5],
+    )
     assert np.allclose(log["prediction"][~expected], v1.predict_proba(features[~expected])[:, 1], atol=1e-12)
     ok(mlops(ws, "score", "--date", DAY))
     assert pd.read_parquet(ws / f"data/predictions/{DAY}.parquet")["role"].tolist() == log["role"].tolist()

@@ -144,6 +144,7 @@ def test_ab_sequential_test_no_false_winner_and_stops_early_on_a_clear_one(
     settings = Settings(project_dir=base)
     cfg = {**load_params(settings).section("canary"), "mode": "ab", "share": 0.5}
     mlflow.set_tracking_uri(settings.mlflow_uri)
+    mlflow.set_registry_uri(settings.mlflow_uri)
 
     def model(run: str) -> Any:
         trained = json.loads(
