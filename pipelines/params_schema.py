@@ -224,6 +224,7 @@ class Canary(Section):
         description="canary: breach when worse than the champion's live Brier by more (at confidence)",
     )
     ab_alpha: float = Field(gt=0, le=0.2, description="ab: false-positive rate of the sequential test")
+    ab_margin: float = Field(ge=0, le=0.5, description="ab: a winner ranks better by more than this ROC AUC")
     ab_tau: float = Field(
         gt=0, le=1, description="ab: the mixture's standard deviation of the Brier difference"
     )
