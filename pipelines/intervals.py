@@ -66,7 +66,8 @@ class Resamples:
         self.n, self.samples, self.seed, self.confidence = n, samples, seed, confidence
         self.units = units
 
-    def _interval(self, estimate: float, values: np.ndarray) -> Interval:
+    def interval(self, estimate: float, values: np.ndarray) -> Interval:
+        """``estimate`` with the interval of its resampled ``values`` (NaN draws left out)."""
         import numpy as np
 
         values = values[~np.isnan(values)]
@@ -78,21 +79,21 @@ class Resamples:
     def auc(self, y: Any, score: Any, mask: Any = None) -> Interval:
         """ROC AUC of one model, on the rows in ``mask`` (all when None)."""
         y, score, counts = self._subset(y, score, mask)
-        return self._interval(weighted_auc(y, score, None)[0], weighted_auc(y, score, counts))
+        return self.interval(weighted_auc(y, score, None)[0], weighted_auc(y, score, counts))
 
     def auc_difference(self, y: Any, challenger: Any, champion: Any, mask: Any = None) -> Interval:
         """ROC AUC of the challenger minus the champion's, paired."""
         y, a, counts = self._subset(y, challenger, mask)
         b = champion if mask is None else champion[mask]
         point = weighted_auc(y, a, None)[0] - weighted_auc(y, b, None)[0]
-        return self._interval(point, weighted_auc(y, a, counts) - weighted_auc(y, b, counts))
+        return self.interval(point, weighted_auc(y, a, counts) - weighted_auc(y, b, counts))
 
     def brier(self, y: Any, score: Any, mask: Any = None) -> Interval:
         import numpy as np
 
         y, score, counts = self._subset(y, score, mask)
         loss = (np.asarray(score, dtype=float) - y) ** 2
-        return self._interval(float(loss.mean()), _weighted_mean(counts, loss))
+        return self.interval(float(loss.mean()), weighted_mean(counts, loss))
 
     def brier_difference(self, y: Any, challenger: Any, champion: Any, mask: Any = None) -> Interval:
         """Brier score of the challenger minus the champion's, paired (lower is better)."""
@@ -101,7 +102,7 @@ class Resamples:
         y, a, counts = self._subset(y, challenger, mask)
         b = np.asarray(champion if mask is None else champion[mask], dtype=float)
         delta = (np.asarray(a, dtype=float) - y) ** 2 - (b - y) ** 2
-        return self._interval(float(delta.mean()), _weighted_mean(counts, delta))
+        return self.interval(float(delta.mean()), weighted_mean(counts, delta))
 
     def _subset(self, y: Any, score: Any, mask: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         import numpy as np
@@ -114,7 +115,7 @@ class Resamples:
         return y[mask], score[mask], self.counts[:, mask]
 
 
-def _weighted_mean(counts: np.ndarray, values: np.ndarray) -> np.ndarray:
+def weighted_mean(counts: np.ndarray, values: np.ndarray) -> np.ndarray:
     """Per resample, the mean of ``values`` with each row counted ``counts`` times (a cluster
     resample does not hold exactly n flights)."""
     import numpy as np

@@ -271,6 +271,13 @@ class Registry:
             self._mirror(record)
         return record
 
+    def refuse_infra(self, version: str, champion: str | None, wanted: str, reason: str) -> None:
+        """Record that ``version`` failed its infra check before a move (takes the lock)."""
+        with self.lock():
+            records = self.recover()
+            self.record("infra-refused", {"version": version, "champion": champion, "wanted": wanted,
+                                          "reason": reason}, records[-1] if records else None)  # fmt: skip
+
     def _mirror(self, record: dict[str, Any]) -> None:
         self._call("mirror the audit record", self.client.set_registered_model_tag, self.name,
                    mirror_key(record["seq"]), mirror_value(record))  # fmt: skip
@@ -443,8 +450,8 @@ class Registry:
         and passes :meth:`recover`'s records; compare-and-set on the canary the caller expects
         (:class:`RegistryConflict` otherwise, recorded), and on the champion when ``champion``
         names the one the caller expects; a re-run of a finished move is a no-op."""
-        canary, _ = self.canary()
-        expected_champion, champion = champion, self.aliases().get(CHAMPION)
+        aliases = self.aliases()  # one read: the canary and the champion as they are now
+        canary, expected_champion, champion = aliases.get(CANARY), champion, aliases.get(CHAMPION)
         done = next((r for r in reversed(records) if r.get("action") in CANARY_MOVES), None)
         if (canary == request.target and done is not None and done.get("action") == request.action
                 and done.get("to") == request.target

@@ -103,10 +103,7 @@ def graduate(
         infra = check(settings, registry.name, canary, float(params.get("promote.infra_timeout_s")))
         infra.pop("predictions", None)
     except InfraRefused as exc:
-        with registry.lock():
-            records = registry.recover()
-            registry.record("infra-refused", {"version": canary, "champion": registry.aliases().get(CHAMPION),
-                                              "wanted": "canary promote", "reason": str(exc)}, records[-1])  # fmt: skip
+        registry.refuse_infra(canary, registry.aliases().get(CHAMPION), "canary promote", str(exc))
         raise
     faults.point("canary-promote.infra-checked")
     with registry.lock():

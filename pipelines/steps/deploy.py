@@ -106,7 +106,7 @@ def compare(frame: Any, samples: int, seed: int, confidence: float) -> dict[str,
     on their own)."""
     import numpy as np
 
-    from pipelines.intervals import Interval, Resamples, _weighted_mean, weighted_auc
+    from pipelines.intervals import Interval, Resamples, weighted_auc, weighted_mean
 
     sides: dict[str, Any] = {}
     draws: dict[str, dict[str, Any]] = {}
@@ -118,11 +118,11 @@ def compare(frame: Any, samples: int, seed: int, confidence: float) -> dict[str,
             return {"comparable": False, "reason": f"the {role}'s labelled flights have one outcome only"}
         resamples = Resamples(len(part), samples, seed + index, confidence)
         loss = (p - y) ** 2
-        auc_draws, brier_draws = weighted_auc(y, p, resamples.counts), _weighted_mean(resamples.counts, loss)
+        auc_draws, brier_draws = weighted_auc(y, p, resamples.counts), weighted_mean(resamples.counts, loss)
         auc, brier = float(weighted_auc(y, p, None)[0]), float(loss.mean())
         draws[role] = {"auc": auc_draws, "brier": brier_draws, "auc_point": auc, "brier_point": brier}
         sides[role] = {"flights": len(part), "late_rate": round(float(y.mean()), 4),
-                       "roc_auc": resamples._interval(auc, auc_draws), "brier": resamples._interval(brier, brier_draws)}  # fmt: skip
+                       "roc_auc": resamples.interval(auc, auc_draws), "brier": resamples.interval(brier, brier_draws)}  # fmt: skip
     shadow = canary_rows["champion_prediction"].to_numpy(dtype=float)
     found: dict[str, Any] = {"comparable": True, "sides": sides}
     if not np.isnan(shadow).any():  # paired, on the canary's flights
@@ -137,9 +137,7 @@ def compare(frame: Any, samples: int, seed: int, confidence: float) -> dict[str,
     def difference(metric: str) -> Interval:
         values = draws[CANARY_ROLE][metric] - draws[CHAMPION][metric]
         point = draws[CANARY_ROLE][f"{metric}_point"] - draws[CHAMPION][f"{metric}_point"]
-        values = values[~np.isnan(values)]
-        low, high = np.quantile(values, [1 - confidence, confidence])
-        return Interval(float(point), float(low), float(high), confidence)
+        return resamples.interval(point, values)  # the same confidence on both sides
 
     spread = draws[CANARY_ROLE]["auc"] - draws[CHAMPION]["auc"]
     found.update(paired=False, auc_difference=difference("auc"), brier_difference=difference("brier"),

@@ -57,10 +57,7 @@ def rollback(settings: Settings, params: Params) -> dict[str, Any]:
             infra = check(settings, registry.name, target, float(params.get("promote.infra_timeout_s")))
             infra.pop("predictions", None)
         except InfraRefused as exc:
-            with registry.lock():
-                records = registry.recover()
-                registry.record("infra-refused", {"version": target, "champion": expected, "wanted": "rollback",
-                                                  "reason": str(exc)}, records[-1] if records else None)  # fmt: skip
+            registry.refuse_infra(target, expected, "rollback", str(exc))
             raise
         faults.point("rollback.infra-checked")
     outcome = registry.move(Move("rollback", target, expected, reason, details={
