@@ -46,19 +46,45 @@ def openapi(app: Any, server: "Server") -> dict[str, Any]:
                        "request_id": {"type": "string"}},
     }  # fmt: skip
     schemas["ValidationError422"] = {
-        "type": "object", "properties": {"error": {"type": "string", "description": "the first problems, each naming its field"},
-                                         "detail": {"type": "array", "items": {"type": "object"}}},
+        "type": "object", "required": ["error", "detail"],
+        "properties": {"error": {"type": "string", "description": "the first problems, each naming its field"},
+                       "detail": {"type": "array", "minItems": 1, "items": {
+                           "type": "object", "required": ["loc", "field", "msg", "type"],
+                           "properties": {"field": {"type": "string", "minLength": 1,
+                                                    "description": "e.g. instances[3].dest; `body` when the body is not JSON"},
+                                          "loc": {"type": "array"}, "msg": {"type": "string"}, "type": {"type": "string"}}}}},
     }  # fmt: skip
-    operation = spec["paths"]["/predict"]["post"]
+    detail = {
+        "application/json": {
+            "schema": {"type": "object", "required": ["detail"], "properties": {"detail": {"type": "string"}}}
+        }
+    }
+    paths = spec["paths"]
+    json_object = {"application/json": {"schema": {"type": "object"}}}
+    paths["/health"]["get"]["responses"] = {
+        "200": {"description": "the process answers", "content": json_object}
+    }
+    paths["/ready"]["get"]["responses"] = {
+        "200": {"description": "a champion is loaded and serving", "content": json_object},
+        "503": {"description": "not ready: no champion loaded yet, or the registry unreachable too long", "content": json_object},
+    }  # fmt: skip
+    paths["/schema"]["get"]["responses"] = {
+        "200": {"description": "the JSON schema of a request to the champion being served", "content": json_object},
+        "503": {"description": "no champion loaded yet", "content": json_object},
+    }  # fmt: skip
+    paths["/metrics"]["get"]["responses"] = {
+        "200": {"description": "Prometheus exposition format", "content": {"text/plain": {"schema": {"type": "string"}}}},
+    }  # fmt: skip
+    operation = paths["/predict"]["post"]
     operation["requestBody"] = {
         "required": True,
         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/PredictRequest"}}},
     }
     operation["responses"] = {
         "200": {"description": "the delay probability of each flight", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/PredictResponse"}}}},
-        "401": {"description": "missing or wrong API key"},
+        "401": {"description": "missing or wrong API key (header X-API-Key)", "content": detail},
         "422": {"description": "a field is wrong (named in `error`)", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ValidationError422"}}}},
-        "503": {"description": "no champion loaded yet"},
+        "503": {"description": "no champion loaded yet", "content": detail},
     }  # fmt: skip
     app.state.openapi_cache = (version, spec)
     return spec

@@ -14,7 +14,7 @@ def request_model(signature: Any, max_instances: int) -> Any:
     from typing import Annotated, Literal
 
     from mlflow.types import DataType
-    from pydantic import AfterValidator, ConfigDict, Field, create_model, model_validator
+    from pydantic import AfterValidator, ConfigDict, Field, WithJsonSchema, create_model, model_validator
 
     from pipelines.expectations import feature_constraints
 
@@ -28,13 +28,18 @@ def request_model(signature: Any, max_instances: int) -> Any:
             if isinstance(allowed, frozenset) and len(allowed) <= 20:
                 fields[name] = (Literal[tuple(sorted(allowed))], ...)
             elif isinstance(allowed, frozenset):  # e.g. 1,462 airports: a short message, not the list
-                fields[name] = (Annotated[str, AfterValidator(_known_code(name, allowed))], ...)
+                listed = WithJsonSchema(
+                    {"type": "string", "enum": sorted(allowed)}
+                )  # the schema lists them all
+                fields[name] = (Annotated[str, AfterValidator(_known_code(name, allowed)), listed], ...)
             else:
                 fields[name] = (str, ...)
         elif kind in numeric_types:
             bounds: dict[str, Any] = {"allow_inf_nan": False}
             if isinstance(allowed, tuple):
                 bounds.update(ge=allowed[0], le=allowed[1])
+            if name in schema.INTEGRAL_FEATURES:  # the schema says so; _whole's message says it better
+                bounds["json_schema_extra"] = {"multipleOf": 1}
             number = Annotated[float, Field(**bounds)]
             if name in schema.INTEGRAL_FEATURES:  # an hour, a minute of the day, a distance in miles
                 number = Annotated[number, AfterValidator(_whole)]  # type: ignore[assignment,misc]

@@ -430,19 +430,7 @@ def test_hot_reload_and_rollback_under_concurrent_requests(served: Path) -> None
     from pipelines.config import Settings
     from pipelines.registry import CHAMPION, Move, Registry
 
-    port = free_port()
-    env = {**os.environ, "MLOPS_PROJECT_DIR": str(served), "PATH": f"{VENV_BIN}:{os.environ['PATH']}"}
-    proc = subprocess.Popen(
-        [str(VENV_BIN / "mlops"), "serve", "--port", str(port), "--set", "serve.poll_interval_s=0.5"],
-        cwd=served, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 120
-        while not _ready(port):
-            assert proc.poll() is None and time.monotonic() < deadline, (
-                proc.stdout.read() if proc.stdout else ""
-            )
-            time.sleep(0.5)
+    with serve_process(served, "--set", "serve.poll_interval_s=0.5") as port:
         body = json.dumps({"instances": flights(served, 3)}).encode()
         stop = threading.Event()
         seen: list[list[str]] = [[] for _ in range(4)]
@@ -502,13 +490,81 @@ def test_hot_reload_and_rollback_under_concurrent_requests(served: Path) -> None
         metrics = conn.getresponse().read().decode()
         assert 'mlops_serve_reloads_total{alias="champion",outcome="swapped"} 3.0' in metrics  # load, 2, 1
         assert 'mlops_serve_requests_total{model_version="2",outcome="ok"}' in metrics
-    finally:
-        proc.terminate()
-        proc.wait(timeout=60)
     # the log was flushed on shutdown, versions as answered
     log = read_log(served)
     assert set(log[log["role"] == "champion"]["model_version"]) == {"1", "2"}
     assert len(log[log["role"] == "champion"]) == 3 * sum(map(len, seen))
+
+
+def test_schemathesis_finds_no_5xx_and_every_4xx_names_the_field(
+    served: Path, run_cli: Any, tmp_path: Path
+) -> None:
+    """`schemathesis run` (its CLI, every check it has, stateless: coverage and fuzzing
+    phases) against a real `mlops serve` with a canary live on half the flights, so both
+    the champion's path and the split are fuzzed. Custom checks in schemathesis_hooks.py:
+    every 4xx names the field (a path into the body that was sent), and valid requests are
+    answered. The report is read back: no failure, no 5xx, both 200s and 422s seen."""
+    from pipelines.config import Settings
+    from pipelines.registry import Registry
+
+    challenger = Registry(Settings(project_dir=served), MODEL).get("2")
+    assert challenger is not None
+    code, out, err = run_cli("promote", "--run", challenger.run_id, "--force", "--reason", "schemathesis",
+                             "--set", "promote.to=canary", "--set", "canary.share=0.5")  # fmt: skip
+    assert code == 0 and json.loads(out.strip().splitlines()[-1])["canary"] == "2", err[-2000:]
+    with serve_process(served) as port:
+        repo = Path(__file__).resolve().parents[2]
+        st_env = {**os.environ, "SCHEMATHESIS_HOOKS": "tests.serving.schemathesis_hooks",
+                  "PYTHONPATH": str(repo), "NO_COLOR": "1"}  # fmt: skip
+        st = subprocess.run(
+            [str(VENV_BIN / "schemathesis"), "run", f"http://127.0.0.1:{port}/openapi.json",
+             "--checks", "all", "--exclude-checks", "positive_data_acceptance",  # replaced by a custom check
+             "--phases", "examples,coverage,fuzzing", "--max-examples", "60", "--seed", "13", "--workers", "2",
+             "--report", "ndjson", "--report-dir", str(tmp_path / "st")],
+            cwd=repo, env=st_env, capture_output=True, text=True, timeout=900,
+        )  # fmt: skip
+    assert st.returncode == 0, st.stdout[-6000:] + st.stderr[-2000:]
+    statuses: dict[str, set[int]] = {}
+    checks: dict[str, set[str]] = {}
+    for line in next((tmp_path / "st").glob("*.ndjson")).read_text().splitlines():
+        event = json.loads(line).get("ScenarioFinished")
+        if event is None:
+            continue
+        recorder = event["recorder"]
+        for interaction in recorder.get("interactions", {}).values():
+            if interaction.get("response"):
+                statuses.setdefault(recorder["label"], set()).add(interaction["response"]["status_code"])
+        for results in recorder.get("checks", {}).values():
+            for result in results:
+                checks.setdefault(result["name"], set()).add(result["status"])
+    assert set(statuses) == {"GET /health", "GET /ready", "GET /metrics", "GET /schema", "POST /predict"}
+    assert not any(code >= 500 for codes in statuses.values() for code in codes), statuses
+    assert {200, 422} <= statuses["POST /predict"], statuses
+    assert checks["four_xx_names_the_field"] == {"success"} and checks["valid_requests_are_answered"] == {
+        "success"
+    }
+    # the split answered: the canary served some of the fuzzed flights (its log says so)
+    assert {"champion", "canary"} <= set(read_log(served)["role"])
+
+
+@contextlib.contextmanager
+def serve_process(root: Path, *args: str) -> Iterator[int]:
+    """A real `mlops serve` (uvicorn) on a free port, ready; stopped (SIGTERM) on exit."""
+    port = free_port()
+    env = {**os.environ, "MLOPS_PROJECT_DIR": str(root), "PATH": f"{VENV_BIN}:{os.environ['PATH']}"}
+    proc = subprocess.Popen([str(VENV_BIN / "mlops"), "serve", "--port", str(port), *args], cwd=root, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not _ready(port):
+            assert proc.poll() is None and time.monotonic() < deadline, (
+                proc.stdout.read() if proc.stdout else ""
+            )
+            time.sleep(0.5)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
 
 
 def _ready(port: int) -> bool:
