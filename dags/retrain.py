@@ -36,7 +36,9 @@ form below. Empty fields keep the `params.yaml` value.
   records the gate's verdict.
 - `promote` moves the champion to it: the candidate must load and predict in a fresh process
   first, the move is a compare-and-set under the registry lock, recorded in the audit log with
-  the user who triggered this run. `announce` reports the new champion.
+  the user who triggered this run. With *Promote to* = canary it goes on the `canary` alias
+  instead, answering *Canary share* of the traffic until the nightly `decide` task promotes
+  or rolls it back. `announce` reports the new champion (or canary).
 - At most one run at a time (`max_active_runs=1`). Runbook: docs/runbooks/drift.md.
 """
 
@@ -63,6 +65,16 @@ form below. Empty fields keep the `params.yaml` value.
         "max_auc_drop": Param(
             None, **form_param("evaluate.max_auc_drop", title="Gate: allowed ROC AUC drop vs champion")
         ),
+        "promote_to": Param(
+            None,
+            **form_param(
+                "promote.to",
+                title="Promote to",
+                description="Empty: params.yaml's promote.to. champion: at once; canary: first a share of the "
+                "traffic next to the champion, and the nightly decide task promotes or rolls it back.",
+            ),
+        ),
+        "canary_share": Param(None, **form_param("canary.share", title="Canary share of the traffic")),
         # one field, so the form needs no rule between two: a reason forces the promotion
         "force_reason": Param(
             None,

@@ -41,7 +41,7 @@ PASSTHROUGH = (
     "MLFLOW_S3_ENDPOINT_URL", "MLOPS_STORE_URI", "MLOPS_DVC_REMOTE", "MLOPS_S3_MAX_ATTEMPTS",
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "MLFLOW_HTTP_REQUEST_TIMEOUT",
     "MLOPS_LOCK_URI", "MLOPS_AUDIT_URI", "MLOPS_REGISTRY_TIMEOUT_S", "MLOPS_LOCK_TIMEOUT_S",
-    "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
+    "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLOPS_PROMETHEUS_URL",
 )  # fmt: skip
 
 # The day a nightly run replays: the `date` Param when given (with `through`: the range
@@ -99,6 +99,7 @@ PARAM_KEYS = {
     "learning_rate": "train.learning_rate", "max_iter": "train.max_iter",
     "max_leaf_nodes": "train.max_leaf_nodes", "min_roc_auc": "evaluate.min_roc_auc",
     "max_auc_drop": "evaluate.max_auc_drop", "force_reason": "promote.reason",
+    "promote_to": "promote.to", "canary_share": "canary.share",
     "rollback_to": "rollback.to", "rollback_reason": "rollback.reason",
     "expected_champion": "rollback.expect",
 }  # fmt: skip

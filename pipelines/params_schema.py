@@ -228,6 +228,18 @@ class Canary(Section):
     ab_tau: float = Field(
         gt=0, le=1, description="ab: the mixture's standard deviation of the Brier difference"
     )
+    max_latency_ratio: float = Field(
+        ge=1, le=100, description="serving guardrail: the canary's p99 latency at most this x the champion's"
+    )
+    max_error_rate: float = Field(
+        ge=0, le=1, description="serving guardrail: the canary's failed requests' share"
+    )
+    serving_window: str = Field(
+        pattern=r"^[0-9]+[smhdw]$", description="serving guardrail: the range of the metrics read (e.g. 1d)"
+    )
+    min_requests: int = Field(
+        ge=1, le=10**9, description="serving guardrail: canary requests before it applies"
+    )
     resamples: int = Field(ge=100, le=100_000, description="bootstrap resamples of each side's flights")
     seed: int = Field(ge=0, le=2**32 - 1, description="seed of the bootstrap resamples")
     expect: Version = Field(
@@ -431,6 +443,8 @@ def form_param(
         out["type"] = "boolean"
     elif optional:
         out["type"] = ["null", kind]
+        if "enum" in out:  # an empty choice keeps params.yaml's value (the form shows it as a blank option)
+            out["enum"] = [None, *out["enum"]]
     else:
         out["type"] = kind
     return out

@@ -17,6 +17,8 @@
 #   Airflow                          api-server, scheduler, dag-processor, triggerer, Celery worker,
 #                                    metadata on Postgres, CeleryExecutor (scripts/airflow.sh)
 #   mlops serve                      the champion behind the REST API (ready once a champion exists)
+#   Prometheus (Debian's package)    scrapes mlops serve's /metrics (scripts/prometheus.sh installs it);
+#                                    the Grafana dashboard of docker/grafana reads the same series
 #
 # Configuration (environment; defaults in brackets):
 #   MLOPS_PROFILE_DIR [.profile]  state: logs, pids, AIRFLOW_HOME, profile.env
@@ -42,6 +44,7 @@ s3_port=${MLOPS_S3_PORT:-9100}
 mlflow_port=${MLOPS_MLFLOW_PORT:-5500}
 airflow_port=${AIRFLOW_PORT:-8280}
 serve_port=${MLOPS_SERVE_PORT:-8300}
+prometheus_port=${MLOPS_PROMETHEUS_PORT:-9190}
 bucket=${MLOPS_BUCKET:-mlops}
 s3_url=${MLOPS_S3_URL:-http://127.0.0.1:$s3_port}
 mlflow_url=${MLOPS_MLFLOW_URL:-http://127.0.0.1:$mlflow_port}
@@ -69,6 +72,7 @@ export MLOPS_LOCK_URI=$pg/${name}_mlflow
 export MLOPS_STORE_URI=s3://$bucket/store
 export MLOPS_DVC_REMOTE=s3://$bucket/dvc
 export MLOPS_PROJECT_DIR=${MLOPS_PROJECT_DIR:-$root}
+export MLOPS_PROMETHEUS_URL=http://127.0.0.1:$prometheus_port
 ENV
 }
 
@@ -148,6 +152,13 @@ INI
   alive serve || launch serve mlops serve --host 127.0.0.1 --port "$serve_port" \
     --set serve.poll_interval_s=${MLOPS_SERVE_POLL_S:-5.0}
   wait_http "http://127.0.0.1:$serve_port/health" 120 "the serving API" serve
+  # Prometheus scrapes the serving API (the compose stack's docker/prometheus/prometheus.yml, on loopback)
+  bash scripts/prometheus.sh > /dev/null
+  sed -e "s|serve:8000|127.0.0.1:$serve_port|" -e "s|scrape_interval: .*|scrape_interval: ${MLOPS_SCRAPE_S:-5}s|" \
+    docker/prometheus/prometheus.yml > "$state/prometheus.yml"
+  alive prometheus || launch prometheus prometheus --config.file="$state/prometheus.yml" \
+    --storage.tsdb.path="$state/prometheus" --web.listen-address="127.0.0.1:$prometheus_port"
+  wait_http "http://127.0.0.1:$prometheus_port/-/ready" 60 "Prometheus" prometheus
   wait_http "http://127.0.0.1:$airflow_port/api/v2/monitor/health" 300 "Airflow's api-server" airflow
   local deadline=$((SECONDS + 120))  # the Celery worker has joined the broker
   until grep -q " ready" "$state/airflow/logs/celery-worker.log" 2>/dev/null; do
@@ -164,6 +175,7 @@ scaled-out profile up ($state)
            basic-auth: admin / see $state/secrets (profile.env exports it for clients)
   S3       $s3_url   bucket $bucket (store: s3://$bucket/store, DVC remote: s3://$bucket/dvc)
   serve    http://127.0.0.1:$serve_port   POST /predict, /ready, /metrics, /docs (the champion, hot reload)
+  metrics  http://127.0.0.1:$prometheus_port   Prometheus, scraping serve every ${MLOPS_SCRAPE_S:-5} s
   steps    ${MLOPS_EXECUTION_MODE:-local} mode in $MLOPS_PROJECT_DIR
   shell    source $state/profile.env   (then: mlops status)
   stop     scripts/profile.sh down
@@ -172,7 +184,7 @@ TXT
 
 down() {
   local what pid
-  for what in serve airflow mlflow s3; do
+  for what in prometheus serve airflow mlflow s3; do
     alive "$what" || { rm -f "$state/$what.pid"; continue; }
     pid=$(cat "$state/$what.pid")
     kill -TERM -- "-$pid" 2>/dev/null || true
@@ -185,7 +197,7 @@ down() {
 
 status() {
   local what
-  for what in s3 mlflow airflow serve; do
+  for what in s3 mlflow airflow serve prometheus; do
     if alive "$what"; then echo "$what: running (pid $(cat "$state/$what.pid"))"; else echo "$what: stopped"; fi
   done
 }

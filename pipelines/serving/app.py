@@ -20,6 +20,18 @@ log = logging.getLogger(__name__)
 DESCRIPTION = "The registry's champion behind a REST API (FastAPI on uvicorn)."
 
 
+class ModelFailed(Exception):
+    """A model raised while answering (a 500, counted with outcome `error` and who answered)."""
+
+    def __init__(self, role: str, version: str, cause: BaseException) -> None:
+        super().__init__(f"v{version} ({role}) failed: {type(cause).__name__}: {str(cause)[:200]}")
+        self.role, self.version = role, version
+        log.error("serve: %s", self)
+
+    def body(self) -> dict[str, Any]:
+        return {"detail": f"the model failed to answer: {self}"}
+
+
 def openapi(app: Any, server: "Server") -> dict[str, Any]:
     """OpenAPI with the request schema of the champion being served (it follows reloads):
     /predict reads its body itself (for speed), so FastAPI cannot infer it."""
@@ -84,6 +96,7 @@ def openapi(app: Any, server: "Server") -> dict[str, Any]:
         "200": {"description": "the delay probability of each flight", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/PredictResponse"}}}},
         "401": {"description": "missing or wrong API key (header X-API-Key)", "content": detail},
         "422": {"description": "a field is wrong (named in `error`)", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ValidationError422"}}}},
+        "500": {"description": "the model failed to answer (counted as outcome `error`)", "content": detail},
         "503": {"description": "no champion loaded yet", "content": detail},
     }  # fmt: skip
     app.state.openapi_cache = (version, spec)
@@ -138,9 +151,10 @@ def create_app(settings: Settings, params: Params) -> Any:
         champion = server.champion  # this request's model, whatever a reload does meanwhile
         version = champion.version if champion else "none"
 
-        def done(outcome: str, body: dict[str, Any], status: int) -> Response:
-            server.metrics.requests.labels(version, outcome).inc()
-            server.metrics.latency.labels(version, outcome).observe(time.perf_counter() - started)
+        def done(outcome: str, body: dict[str, Any], status: int, role: str = ROLE_CHAMPION) -> Response:
+            answered = body.get("model_version", version)  # a request the canary answered alone: its version
+            server.metrics.requests.labels(answered, role, outcome).inc()
+            server.metrics.latency.labels(answered, role, outcome).observe(time.perf_counter() - started)
             return JSONResponse(body, status_code=status)
 
         if not server.authorized(request.headers):
@@ -167,12 +181,19 @@ def create_app(settings: Settings, params: Params) -> Any:
                 return done("invalid", {"detail": [{"loc": ["body", "explain"], "field": "explain", "msg": detail,
                                                     "type": "explain_unavailable"}], "error": f"explain: {detail}"}, 422)  # fmt: skip
         if route is not None:  # a canary is live: the split decides who answers each flight
-            return done("ok", await split_predict(champion, route, parsed, records, request, request_id), 200)
+            try:
+                body = await split_predict(champion, route, parsed, records, request, request_id)
+            except ModelFailed as failed:  # counted by role: the deploy loop's error-rate guardrail reads it
+                return done("error", failed.body(), 500, failed.role)
+            return done("ok", body, 200, body["roles"][0] if len(set(body["roles"])) == 1 else "split")
         frame = champion.frame(records)
-        predictions = await server.batcher.predict(champion, frame)
+        try:
+            predictions = await server.batcher.predict(champion, frame)
+        except Exception as exc:
+            return done("error", ModelFailed(ROLE_CHAMPION, version, exc).body(), 500)
         server.log.add(records, predictions, version, ROLE_CHAMPION, request_id)
         server.metrics.rows.labels(version, ROLE_CHAMPION).inc(len(frame))
-        server.shadow(frame, records, request_id)
+        server.shadow(frame, records, request_id, predictions)
         body = {"predictions": [round(float(p), 6) for p in predictions], "model": server.registry.name,
                 "model_version": version, "request_id": request_id}  # fmt: skip
         if parsed.explain:
@@ -191,16 +212,22 @@ def create_app(settings: Settings, params: Params) -> Any:
         champion_rows, canary_rows = split.parts(split.to_canary(keys, share, canary.version))
         sides = [(m, rows, role) for m, rows, role in ((champion, champion_rows, ROLE_CHAMPION),
                  (canary, canary_rows, split.CANARY_ROLE)) if rows]  # fmt: skip
-        if len(sides) == 1:  # the usual case (one flight, or a request routed as a whole): no copies
-            subsets = [records]
-            frames = [sides[0][0].frame(records)]
-            answers = [await server.batcher.predict(sides[0][0], frames[0])]
-        else:
-            subsets = [[records[i] for i in rows] for _, rows, _ in sides]
-            frames = [m.frame(subset) for (m, _, _), subset in zip(sides, subsets, strict=True)]
-            answers = await asyncio.gather(
-                *(server.batcher.predict(m, f) for (m, _, _), f in zip(sides, frames, strict=True))
-            )
+        try:
+            if len(sides) == 1:  # the usual case (one flight, or a request routed as a whole): no copies
+                subsets = [records]
+                frames = [sides[0][0].frame(records)]
+                answers = [await server.batcher.predict(sides[0][0], frames[0])]
+            else:
+                subsets = [[records[i] for i in rows] for _, rows, _ in sides]
+                frames = [m.frame(subset) for (m, _, _), subset in zip(sides, subsets, strict=True)]
+                answers = await asyncio.gather(
+                    *(server.batcher.predict(m, f) for (m, _, _), f in zip(sides, frames, strict=True))
+                )
+        except Exception as exc:
+            one = len(sides) == 1
+            raise ModelFailed(
+                sides[0][2] if one else "split", sides[0][0].version if one else "split", exc
+            ) from exc
         predictions = np.empty(len(records), dtype="float64")
         versions, roles = [champion.version] * len(records), [ROLE_CHAMPION] * len(records)
         explanations: list[Any] = [None] * len(records)
@@ -215,7 +242,7 @@ def create_app(settings: Settings, params: Params) -> Any:
             server.log.add(subset, answer, m.version, role, request_id)
             server.metrics.rows.labels(m.version, role).inc(len(frame))
             if m is champion:
-                server.shadow(frame, subset, request_id)
+                server.shadow(frame, subset, request_id, answer)
         body = {"predictions": [round(float(p), 6) for p in predictions], "model": server.registry.name,
                 "model_version": versions[0] if len(set(versions)) == 1 else champion.version,
                 "model_versions": versions, "roles": roles, "request_id": request_id}  # fmt: skip

@@ -49,6 +49,7 @@ import datetime as dt
 import json
 import logging
 import math
+import os
 from typing import Any
 
 from pipelines import schema
@@ -158,6 +159,56 @@ def msprt(estimate: float, sd: float, tau: float) -> float:
     return math.exp(min(log_lambda, 700.0))
 
 
+# the serving guardrail's queries (Prometheus's HTTP API, over canary.serving_window): requests
+# answered wholly by one side (a request split across both counts for neither)
+SERVING_QUERIES = {
+    "requests": 'sum by (role) (increase(mlops_serve_requests_total{{role=~"champion|canary"}}[{w}]))',
+    "errors": 'sum by (role) (increase(mlops_serve_requests_total{{outcome="error",role=~"champion|canary"}}[{w}]))',
+    "p99_s": "histogram_quantile(0.99, sum by (le, role) (increase("
+    'mlops_serve_request_latency_seconds_bucket{{outcome="ok",role=~"champion|canary"}}[{w}])))',
+}
+
+
+def serving_metrics(url: str, window: str, timeout: float = 10.0) -> dict[str, dict[str, float]]:
+    """{role: {requests, errors, p99_s}} of the serving API over ``window``, as Prometheus
+    scraped it (its `/metrics`: pipelines/serving/metrics.py)."""
+    import urllib.parse
+    import urllib.request
+
+    out: dict[str, dict[str, float]] = {}
+    for name, template in SERVING_QUERIES.items():
+        query = urllib.parse.urlencode({"query": template.format(w=window)})
+        with urllib.request.urlopen(f"{url.rstrip('/')}/api/v1/query?{query}", timeout=timeout) as answer:
+            body = json.loads(answer.read())
+        if body.get("status") != "success":
+            raise RuntimeError(f"Prometheus refused the {name} query: {body.get('error')}")
+        for item in body["data"]["result"]:
+            value = float(item["value"][1])
+            if math.isfinite(value):
+                out.setdefault(str(item["metric"].get("role")), {})[name] = round(value, 6)
+    return out
+
+
+def serving_breaches(cfg: dict[str, Any], serving: dict[str, dict[str, float]]) -> list[str]:
+    """The canary's error rate and p99 latency against the guardrails, once it has answered
+    canary.min_requests requests in the window (none before)."""
+    canary, champion = serving.get(CANARY_ROLE, {}), serving.get(CHAMPION, {})
+    requests = canary.get("requests", 0.0)
+    if requests < int(cfg["min_requests"]):
+        return []
+    breaches = []
+    rate = canary.get("errors", 0.0) / requests
+    if rate > float(cfg["max_error_rate"]):
+        breaches.append(
+            f"canary error rate {rate:.2%} of {requests:.0f} requests above {float(cfg['max_error_rate']):.2%}"
+        )
+    p99, base = canary.get("p99_s"), champion.get("p99_s")
+    if p99 is not None and base and p99 > float(cfg["max_latency_ratio"]) * base:
+        breaches.append(f"canary p99 latency {p99 * 1000:.1f} ms above {cfg['max_latency_ratio']} x the "
+                        f"champion's {base * 1000:.1f} ms")  # fmt: skip
+    return breaches
+
+
 def decide_rule(cfg: dict[str, Any], floor: float, days: list[str], found: dict[str, Any]) -> tuple[str, str]:
     """(decision: rollback | promote | baking, why)."""
     if not found["comparable"]:
@@ -203,6 +254,19 @@ def decide_rule(cfg: dict[str, Any], floor: float, days: list[str], found: dict[
     return "baking", f"{len(days)} of {cfg['baking_days']} labelled day(s), no breach"
 
 
+def _serving_guardrail(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The serving guardrail's evidence: skipped without MLOPS_PROMETHEUS_URL."""
+    url = os.environ.get("MLOPS_PROMETHEUS_URL", "")
+    if not url:
+        return {"checked": False, "why": "MLOPS_PROMETHEUS_URL not set: latency and errors not checked"}
+    try:
+        metrics = serving_metrics(url, str(cfg["serving_window"]))
+    except Exception as exc:
+        return {"checked": False, "error": f"{url}: {type(exc).__name__}: {str(exc)[:200]}"}
+    return {"checked": True, "window": cfg["serving_window"], "by_role": metrics,
+            "breaches": serving_breaches(cfg, metrics)}  # fmt: skip
+
+
 def _jsonable(found: dict[str, Any]) -> dict[str, Any]:
     from pipelines.intervals import Interval
 
@@ -245,6 +309,11 @@ def decide(settings: Settings, params: Params, day: dt.date) -> dict[str, Any]:
     else:
         found = compare(frame, int(cfg["resamples"]), int(cfg["seed"]), float(cfg["confidence"]))
     decision, why = decide_rule(cfg, float(params.get("monitor.min_live_roc_auc")), days, found)
+    found["serving"] = serving = _serving_guardrail(cfg)
+    if serving.get("breaches"):  # latency or errors: a rollback whatever the labels say
+        decision, why = "rollback", "serving breach: " + "; ".join(serving["breaches"])
+    elif serving.get("error") and decision == "promote":  # a guardrail that cannot look holds the promotion
+        decision, why = "baking", f"{why}; promotion held: serving metrics unreadable ({serving['error']})"
     evidence = {"date": day.isoformat(), "mode": cfg["mode"], "decision": decision, "why": why,
                 "canary": version, "champion": champion, "share": share, "labelled_days": days,
                 **_jsonable({k: v for k, v in found.items() if k != "comparable"})}  # fmt: skip
@@ -254,6 +323,15 @@ def decide(settings: Settings, params: Params, day: dt.date) -> dict[str, Any]:
         end = canary_step.graduate if decision == "promote" else canary_step.rollback
         moved = end(settings, params, evidence, expect=version, reason=reason)
         result.update(changed=moved["changed"], record=moved.get("record"))
+    else:  # the day's decision is sent too (the end of the canary sends its own, from the move)
+        from pipelines.notify import make_notifier
+
+        summary = {
+            k: evidence.get(k) for k in ("date", "canary", "champion", "share", "labelled_days", "why")
+        }
+        make_notifier().notify(
+            f"canary v{version} baking on {day} ({len(days)} labelled day(s))", summary, "info"
+        )
     atomic_write_text(out, json.dumps(result, indent=1, sort_keys=True, default=str))
     log.info("canary decide %s: v%s (%s mode, %d labelled day(s)): %s: %s", day, version, cfg["mode"], len(days),
              decision, why)  # fmt: skip

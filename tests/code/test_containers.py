@@ -4,6 +4,7 @@ cannot say; docker/Dockerfile's layer order and runtime contract."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 from pathlib import Path
@@ -163,3 +164,33 @@ def test_dockerfile_layers_deps_before_code_and_runs_unprivileged() -> None:
     assert 'ENTRYPOINT ["mlops"]' in lines
     ignored = [x for x in (REPO / ".dockerignore").read_text().splitlines() if x and not x.startswith("#")]
     assert ignored[0] == "*" and "!pipelines/" in ignored  # the build context is the package only
+
+
+def test_grafana_dashboard_is_generated_provisioned_and_reads_real_series(compose: dict) -> None:  # type: ignore[type-arg]
+    """The dashboard JSON is what scripts/grafana_dashboard.py (Grafana's Foundation SDK)
+    writes; the compose stack provisions it with the datasource it names; every series its
+    queries read is one `mlops serve` exports (the queries themselves run on a real
+    Prometheus in tests/profile/test_scaled_out.py)."""
+    from pipelines.serving.metrics import Metrics
+    from scripts.grafana_dashboard import DATASOURCE_UID, OUT, queries
+
+    check = subprocess.run([str(VENV_BIN / "python"), str(REPO / "scripts/grafana_dashboard.py"), "--check"],
+                           capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert check.returncode == 0, check.stderr
+    dashboard = json.loads(OUT.read_text())
+    assert {p["datasource"]["uid"] for p in dashboard["panels"] if p["type"] != "row"} == {DATASOURCE_UID}
+    provisioned = yaml.safe_load(
+        (REPO / "docker/grafana/provisioning/datasources/prometheus.yaml").read_text()
+    )
+    assert [d["uid"] for d in provisioned["datasources"]] == [DATASOURCE_UID]
+    grafana, prometheus = compose["services"]["grafana"], compose["services"]["prometheus"]
+    assert "./grafana/dashboards:/var/lib/grafana/dashboards:ro" in grafana["volumes"]
+    assert "serve:8000" in (REPO / "docker/prometheus/prometheus.yml").read_text()
+    assert prometheus["depends_on"] == {"serve": {"condition": "service_started"}}
+
+    suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_count", "_sum"], "gauge": [""]}
+    exported = {family.name + suffix for family in Metrics("m").registry.collect()
+                for suffix in suffixes[family.type]}  # fmt: skip
+    read = {name for expr in queries(dashboard) for name in re.findall(r"\bmlops_[a-z_]+", expr)}
+    assert read and read <= exported, f"the dashboard reads series nobody exports: {sorted(read - exported)}"
+    assert {"mlops_serve_shadow_gap_bucket", "mlops_monitor_live", "mlops_monitor_drift_share"} <= read

@@ -45,6 +45,7 @@ def test_dagbag_loads_every_dag_without_errors(dagbag) -> None:  # type: ignore[
         schema = retrain.params.get_param(name).schema
         assert "null" in schema["type"], (name, schema)
     assert retrain.params.get_param("max_iter").schema["type"] == ["null", "integer"]
+    assert retrain.params.get_param("promote_to").schema["enum"] == [None, "champion", "canary"]
     assert nightly.params.get_param("date").schema["type"] == ["null", "string"]
 
 
@@ -135,6 +136,8 @@ def test_params_become_json_overrides_never_shell_words() -> None:
                                         "force_reason": "it's `rm -rf` \"safe\""}))  # fmt: skip
     assert chosen == {"train.max_iter": 50, "promote.force": True, "promote.reason": 'it\'s `rm -rf` "safe"'}
     assert json.loads(overrides_json({"force_reason": ""})) == {}
+    assert json.loads(overrides_json({"promote_to": "canary", "canary_share": 0.3})) == {
+        "promote.to": "canary", "canary.share": 0.3}  # fmt: skip
     assert json.loads(overrides_json({"force_reason": None})) == {}
 
 

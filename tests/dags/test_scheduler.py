@@ -10,8 +10,11 @@ with a gate report. Then `rollback` is triggered with Params (bad Params first: 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import http.server
 import json
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -228,6 +231,113 @@ def test_scheduled_nightly_drift_retrain_refusal_kill_rollback_backfill(
     assert run["state"] == "success", _logs(home)
     assert xcom(api, "nightly", run["dag_run_id"], "ingest")["date"] == "2013-07-16"
     assert (drifted_workspace / "reports/monitor/2013-07-16/summary.json").exists()
+
+
+@contextlib.contextmanager
+def webhook() -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    """A local HTTP endpoint standing in for the team's Slack/Teams webhook (MLOPS_ALERT_WEBHOOK):
+    it keeps every JSON body posted to it."""
+    received: list[dict[str, Any]] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/hook", received
+    finally:
+        server.shutdown()
+
+
+def test_deploy_loop_through_the_scheduler(loop_base: tuple[Path, str, str, str], tmp_path: Path) -> None:
+    """The deploy loop as it runs in production: the nightly DAG's runs, one per replayed day,
+    executed by the real scheduler (manual runs with the date Param, one after the other).
+    A crippled candidate (a constant model: no leaf may hold fewer than 100,000 flights;
+    forced past the gate) goes to canary on 30% of the flights and the `decide` task rolls
+    it back at the first breach, within the baking period; then a genuinely better one
+    (trained on more than twice the champion's days) bakes two labelled days
+    (canary.baking_days=2 here, to keep CI short; tests/model/test_deploy_loop.py runs the
+    default 3 through the commands) and `decide` promotes it. Both audited with their
+    evidence; every decision reaches the webhook."""
+    import yaml
+
+    from tests.code.conftest import mlops, ok
+    from tests.conftest import clone_workspace, git
+
+    base, crippled, _, better = loop_base  # the constant model: it cannot rank flights at all
+    ws = clone_workspace(base, tmp_path / "ws")
+    params = yaml.safe_load((ws / "params.yaml").read_text())
+    params["canary"]["baking_days"] = 2
+    (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    git(ws, "commit", "-qam", "deploy loop drill: two baking days")
+    started = ok(mlops(ws, "promote", "--run", crippled, "--force", "--reason", "drill: a crippled model",
+                       "--set", "promote.to=canary", "--set", "canary.share=0.3"))  # fmt: skip
+    assert (started["canary"], started["champion"]) == ("2", "1")
+    with webhook() as (url, received), running_airflow(
+        ws, tmp_path, MLOPS_NIGHTLY_CRON="none", MLOPS_RETRAIN_CRON="none", MLOPS_TASK_RETRY_DELAY_S="3",
+        MLOPS_ALERT_WEBHOOK=url,
+    ) as (api, home):  # fmt: skip
+        deadline = time.monotonic() + 180
+        while api.call("GET", "/api/v2/dags/nightly")[0] != 200:
+            assert time.monotonic() < deadline, "DAGs were not parsed in 180s"
+            time.sleep(3)
+        status, body = api.call("PATCH", "/api/v2/dags/nightly", {"is_paused": False})
+        assert status == 200 and body["is_paused"] is False  # retrain stays paused: no drift retraining
+
+        def night(day: str) -> dict[str, Any]:
+            status, run = api.call("POST", "/api/v2/dags/nightly/dagRuns",
+                                   {"logical_date": None, "conf": {"date": day}})  # fmt: skip
+            assert status == 200, run
+            run = api.wait_run("nightly", run["dag_run_id"])
+            states = api.task_states("nightly", run["dag_run_id"])
+            assert run["state"] == "success" and states["decide"] == "success", (states, _logs(home))
+            return xcom(api, "nightly", run["dag_run_id"], "decide") | {"run": run["dag_run_id"]}
+
+        first = [night("2013-01-11"), night("2013-01-12")]
+        timeline = [(d["date"], d["decision"], d["labelled_days"], d.get("auc_difference")) for d in first]
+        print("\ncrippled canary:", *timeline, sep="\n  ")
+        assert [d["decision"] for d in first] == ["baking", "rollback"], timeline
+        assert first[-1]["labelled_days"] == ["2013-01-11"] and "breach" in first[-1]["why"]
+        assert first[-1]["changed"] is True
+        # the decision in the task's log, as the UI shows it
+        assert "rollback" in task_log(home, "nightly", first[-1]["run"], "decide")
+
+        ok(mlops(ws, "promote", "--run", better, "--set", "promote.to=canary", "--set", "canary.share=0.3"))
+        second = [night(f"2013-01-{day}") for day in (13, 14, 15)]
+        timeline = [(d["date"], d["decision"], d["labelled_days"], d.get("auc_difference")) for d in second]
+        print("better canary:", *timeline, sep="\n  ")
+        assert [d["decision"] for d in second] == ["baking", "baking", "promote"], timeline
+        assert second[-1]["labelled_days"] == ["2013-01-13", "2013-01-14"]
+
+    status = json.loads(mlops(ws, "status", "--json").stdout)
+    assert status["champion"]["version"] == "3" and status["canary"] is None and status["audit_check"]["ok"]
+    records = json.loads(mlops(ws, "audit", "log", "--json").stdout)
+    moves = [
+        (r["action"], r["from"], r["to"])
+        for r in records
+        if r["action"] in ("canary", "canary-rollback", "promote")
+    ]
+    assert moves[-4:] == [("canary", None, "2"), ("canary-rollback", "2", None), ("canary", None, "3"),
+                          ("promote", "1", "3")], moves  # fmt: skip
+    rollback = next(r for r in reversed(records) if r["action"] == "canary-rollback")
+    promotion = records[-1]
+    assert rollback["evidence"]["decision"] == "rollback" and rollback["evidence"]["date"] == "2013-01-12"
+    assert promotion["evidence"]["decision"] == "promote" and promotion["infra"]["ok"]
+    assert promotion["actor"]["source"] == "airflow", promotion["actor"]
+    # every decision went to the webhook: three baking days, the rollback and the promotion
+    texts = [m["text"] for m in received]
+    assert sum("baking on" in t for t in texts) == 3, texts
+    assert any("v2 rolled back" in t for t in texts) and any("v3" in t and "promot" in t for t in texts), (
+        texts
+    )
 
 
 def xcom(api: Api, dag_id: str, run_id: str, task_id: str) -> dict[str, Any]:

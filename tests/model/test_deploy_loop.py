@@ -15,48 +15,18 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from tests.code.conftest import mlops, ok
-from tests.conftest import clone_workspace, git
+from tests.conftest import clone_workspace
 
 pytestmark = pytest.mark.e2e
 
 NAME = "flight-delay"
 REPLAY = [dt.date(2013, 1, 11) + dt.timedelta(days=i) for i in range(6)]  # after every training window
-
-
-def run_id(proc: Any) -> str:
-    assert proc.returncode in (0, 99), proc.stderr[-3000:]
-    return str(json.loads(proc.stdout.strip().splitlines()[-1])["run_id"])
-
-
-@pytest.fixture(scope="session")
-def loop_base(january_template: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, str, str]:
-    """Champion v1: a weak model (3 training days, Jan 7-9, window ending Jan 10); evaluated
-    runs of a constant model (no leaf may hold fewer than 100,000 flights: no split), a
-    crippled one (one split) and a better one (7 training days)."""
-    root = tmp_path_factory.mktemp("deploy") / "base"
-    shutil.copytree(january_template, root, symlinks=True)
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    params["data"].update(window_days=4, holdout_days=1, min_window_days=2, window_end="2013-01-10")
-    params["train"].update(max_iter=60)
-    params["evaluate"].update(min_roc_auc=0.5, max_brier=0.5, min_brier_skill=-1.0, max_auc_drop=1.0,
-                              max_brier_rise=1.0, slice_min_roc_auc=0.0)  # fmt: skip
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    git(root, "commit", "-qam", "deploy loop: a weak champion's settings")
-    ok(mlops(root, "retrain"))
-    assert ok(mlops(root, "promote"))["champion"] == "1"
-    constant = run_id(mlops(root, "retrain", "--set", "train.min_samples_leaf=100000"))
-    crippled = run_id(mlops(root, "retrain", "--set", "train.max_iter=1", "--set", "train.max_leaf_nodes=2"))
-    better = run_id(mlops(root, "retrain", "--set", "data.window_days=10", "--set", "data.holdout_days=3",
-                          "--set", "data.min_window_days=5", "--set", "train.max_iter=200"))  # fmt: skip
-    return root, constant, crippled, better
 
 
 def replay(ws: Path, days: list[dt.date]) -> list[dict[str, Any]]:

@@ -80,7 +80,8 @@ class Profile:
         self.state = tmp / "profile"
         self.workspace = make_workspace(tmp / "ws")
         self.bucket = "mlops"
-        s3_port, mlflow_port, self.airflow_port, self.serve_port = (
+        s3_port, mlflow_port, self.airflow_port, self.serve_port, self.prometheus_port = (
+            free_port(),
             free_port(),
             free_port(),
             free_port(),
@@ -97,6 +98,7 @@ class Profile:
             "MLOPS_REDIS": f"redis://{REDIS_HOST}:{REDIS_PORT}/0", "MLOPS_BUCKET": self.bucket,
             "MLOPS_S3_PORT": str(s3_port), "MLOPS_MLFLOW_PORT": str(mlflow_port),
             "AIRFLOW_PORT": str(self.airflow_port), "MLOPS_SERVE_PORT": str(self.serve_port), "MLOPS_SERVE_POLL_S": "1.0",
+            "MLOPS_PROMETHEUS_PORT": str(self.prometheus_port), "MLOPS_SCRAPE_S": "1",
             "MLOPS_S3_URL": self.s3.url,
             "MLOPS_MLFLOW_URL": self.mlflow.url, "MLOPS_PROJECT_DIR": str(self.workspace),
             "MLOPS_EXECUTION_MODE": mode, "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
@@ -263,6 +265,19 @@ def profile_factory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator
 
 
 @pytest.mark.timeout(2400)  # a long scenario: Celery runs, two outages, 9 cross-host race trials
+def promql(prometheus: str, query: str) -> list[dict[str, Any]]:
+    """An instant query's result vector (Prometheus's HTTP API); fails on an error status."""
+    import urllib.parse
+    import urllib.request
+
+    with urllib.request.urlopen(
+        f"{prometheus}/api/v1/query?{urllib.parse.urlencode({'query': query})}"
+    ) as answer:
+        body = json.loads(answer.read())
+    assert body["status"] == "success", (query, body)
+    return list(body["data"]["result"])
+
+
 def test_celery_profile_nightly_retrain_s3_and_mlflow_faults(profile_factory: Any) -> None:
     # a failed task is retried once, after 20-40 s: time enough to see the failure and
     # start the S3 endpoint again
@@ -335,6 +350,29 @@ def test_celery_profile_nightly_retrain_s3_and_mlflow_faults(profile_factory: An
     summary = json.loads(s3_client(p.s3_direct).get_object(
         Bucket=p.bucket, Key=f"store/reports/monitor/{today}/summary.json")["Body"].read())  # fmt: skip
     assert summary["traffic"] == "served" and summary["current_rows"] == 20
+    # the profile's Prometheus scrapes the serving API: the 20 flights and the monitor's drift
+    # share (the serving API reads the newest summary) come back from PromQL; every panel of
+    # the generated Grafana dashboard is a query this Prometheus runs without error
+    prometheus = f"http://127.0.0.1:{p.prometheus_port}"
+    deadline = time.monotonic() + 120
+    while True:
+        flights = promql(prometheus, 'sum(mlops_serve_predictions_total{role="champion"})')
+        drift = promql(prometheus, "mlops_monitor_drift_share")
+        if flights and float(flights[0]["value"][1]) == 20 and drift:
+            break
+        assert time.monotonic() < deadline, (
+            f"Prometheus did not scrape the flights and the drift share: {flights} {drift}"
+        )
+        time.sleep(1)
+    assert abs(float(drift[0]["value"][1]) - summary["drift_share"]) < 1e-9
+    assert (
+        promql(prometheus, 'sum(mlops_serve_requests_total{role="champion",outcome="ok"})')[0]["value"][1]
+        == "1"
+    )
+    from scripts.grafana_dashboard import OUT, queries
+
+    for expr in queries(json.loads(OUT.read_text())):
+        promql(prometheus, expr.replace("$__rate_interval", "1m"))  # raises on a query Prometheus refuses
 
     lap("2. nightly for two more days")
     # 2. nightly for two more days (queued together; one run at a time)

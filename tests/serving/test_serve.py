@@ -149,13 +149,15 @@ def test_predict_and_schema_errors_name_the_field(served: Path) -> None:
         assert len(dest_error) < 200, dest_error  # names the field, does not list 1,462 airports
 
         metrics = client.get("/metrics").text
-        assert 'mlops_serve_requests_total{model_version="1",outcome="ok"} 3.0' in metrics
+        assert 'mlops_serve_requests_total{model_version="1",role="champion",outcome="ok"} 3.0' in metrics
         assert (
-            f'mlops_serve_requests_total{{model_version="1",outcome="invalid"}} {len(cases) + 5}.0' in metrics
+            f'mlops_serve_requests_total{{model_version="1",role="champion",outcome="invalid"}} {len(cases) + 5}.0'
+            in metrics
         )
         assert 'mlops_serve_model_info{alias="champion",model="flight-delay",version="1"} 1.0' in metrics
         assert (
-            'mlops_serve_request_latency_seconds_bucket{le="0.015",model_version="1",outcome="ok"}' in metrics
+            'mlops_serve_request_latency_seconds_bucket{le="0.015",model_version="1",role="champion",outcome="ok"}'
+            in metrics
         )
 
 
@@ -489,7 +491,7 @@ def test_hot_reload_and_rollback_under_concurrent_requests(served: Path) -> None
         conn.request("GET", "/metrics")
         metrics = conn.getresponse().read().decode()
         assert 'mlops_serve_reloads_total{alias="champion",outcome="swapped"} 3.0' in metrics  # load, 2, 1
-        assert 'mlops_serve_requests_total{model_version="2",outcome="ok"}' in metrics
+        assert 'mlops_serve_requests_total{model_version="2",role="champion",outcome="ok"}' in metrics
     # the log was flushed on shutdown, versions as answered
     log = read_log(served)
     assert set(log[log["role"] == "champion"]["model_version"]) == {"1", "2"}
@@ -545,6 +547,85 @@ def test_schemathesis_finds_no_5xx_and_every_4xx_names_the_field(
     }
     # the split answered: the canary served some of the fuzzed flights (its log says so)
     assert {"champion", "canary"} <= set(read_log(served)["role"])
+
+
+def test_serving_guardrail_reads_latency_and_errors_by_role_from_prometheus(
+    served: Path, run_cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The deploy loop's serving guardrail on real parts: `mlops serve` with a canary on half
+    the flights, Debian's Prometheus scraping it every second, a few hundred one-flight
+    requests; the guardrail reads requests, errors and p99 latency by role back with PromQL,
+    finds no breach within generous limits and a latency breach when the canary may not be
+    slower than 1% of the champion; an unreachable Prometheus is an error, not a pass."""
+    from pipelines.config import Settings, load_params
+    from pipelines.registry import Registry
+    from pipelines.steps.deploy import _serving_guardrail, serving_breaches, serving_metrics
+
+    challenger = Registry(Settings(project_dir=served), MODEL).get("2")
+    assert challenger is not None
+    code, _, err = run_cli("promote", "--run", challenger.run_id, "--force", "--reason", "guardrail",
+                           "--set", "promote.to=canary", "--set", "canary.share=0.5")  # fmt: skip
+    assert code == 0, err[-2000:]
+    installed = subprocess.run(["bash", str(Path(__file__).resolve().parents[2] / "scripts/prometheus.sh")],
+                               capture_output=True, text=True, timeout=1500)  # fmt: skip
+    assert installed.returncode == 0, installed.stdout + installed.stderr
+    instances = flights(served, 300)
+    with serve_process(served) as port:
+        prom_port = free_port()
+        config = tmp_path / "prometheus.yml"
+        config.write_text(f"global: {{scrape_interval: 1s}}\nscrape_configs:\n  - job_name: mlops-serve\n"
+                          f"    static_configs: [{{targets: ['127.0.0.1:{port}']}}]\n")  # fmt: skip
+        prometheus = subprocess.Popen(
+            ["prometheus", f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+             f"--web.listen-address=127.0.0.1:{prom_port}"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        url = f"http://127.0.0.1:{prom_port}"
+        try:
+            deadline = time.monotonic() + 120
+            while True:  # a scrape has seen both roles' series (at 0: the server creates them at load)
+                try:
+                    measured = serving_metrics(url, "10m")
+                except OSError:
+                    measured = {}
+                if {"champion", "canary"} <= set(measured):
+                    break
+                assert time.monotonic() < deadline, f"Prometheus did not scrape the server: {measured}"
+                time.sleep(1)
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            for index, instance in enumerate(instances):
+                body = json.dumps({"instances": [instance], "keys": [f"2013-01-31/flight-{index}"]})
+                conn.request("POST", "/predict", body, {"Content-Type": "application/json"})
+                response = conn.getresponse()
+                assert response.status == 200, response.read()[:300]
+                response.read()
+            deadline = time.monotonic() + 120
+            while True:  # until a scrape after the last request is in
+                try:
+                    measured = serving_metrics(url, "10m")
+                except OSError:
+                    measured = {}
+                if sum(measured.get(role, {}).get("requests", 0) for role in ("champion", "canary")) >= 299.5:
+                    break
+                assert time.monotonic() < deadline, f"Prometheus did not scrape the requests: {measured}"
+                time.sleep(1)
+        finally:
+            prometheus.terminate()
+            prometheus.wait(timeout=30)
+    print("\nserving metrics by role:", measured)
+    canary, champion = measured["canary"], measured["champion"]
+    assert canary["requests"] >= 100 and champion["requests"] >= 100, measured  # about half each
+    assert canary["errors"] == 0 and champion["errors"] == 0
+    assert 0 < canary["p99_s"] < 1 and 0 < champion["p99_s"] < 1
+    cfg = {**load_params(Settings(project_dir=served)).section("canary"), "max_latency_ratio": 100.0}
+    assert serving_breaches(cfg, measured) == []
+    slow = serving_breaches({**cfg, "max_latency_ratio": 0.01}, measured)
+    assert len(slow) == 1 and "p99 latency" in slow[0], slow
+    assert serving_breaches({**cfg, "max_latency_ratio": 0.01, "min_requests": 10_000}, measured) == []
+    # the decide step's reading of it: evidence when reachable, an error (promotion held) when not
+    monkeypatch.setenv("MLOPS_PROMETHEUS_URL", f"http://127.0.0.1:{free_port()}")
+    unreachable = _serving_guardrail(cfg)
+    assert unreachable["checked"] is False and "Connection refused" in unreachable["error"], unreachable
 
 
 @contextlib.contextmanager
