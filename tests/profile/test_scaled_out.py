@@ -264,7 +264,6 @@ def profile_factory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator
         profile.down()
 
 
-@pytest.mark.timeout(2400)  # a long scenario: Celery runs, two outages, 9 cross-host race trials
 def promql(prometheus: str, query: str) -> list[dict[str, Any]]:
     """An instant query's result vector (Prometheus's HTTP API); fails on an error status."""
     import urllib.parse
@@ -278,6 +277,7 @@ def promql(prometheus: str, query: str) -> list[dict[str, Any]]:
     return list(body["data"]["result"])
 
 
+@pytest.mark.timeout(2400)  # a long scenario: Celery runs, two outages, 9 cross-host race trials
 def test_celery_profile_nightly_retrain_s3_and_mlflow_faults(profile_factory: Any) -> None:
     # a failed task is retried once, after 20-40 s: time enough to see the failure and
     # start the S3 endpoint again
