@@ -25,6 +25,21 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def metric(text: str, name: str, **labels: str) -> float | None:
+    """The sum of the samples called ``name`` in a Prometheus exposition whose labels include
+    ``labels`` (None when none does): read with prometheus_client's own parser, so neither the
+    label order nor the float format of a release matters."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    values = [
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and labels.items() <= sample.labels.items()
+    ]
+    return sum(values) if values else None
+
+
 def wait_http(url: str, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while True:

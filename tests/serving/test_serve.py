@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import VENV_BIN, clone_workspace, train_champion
-from tests.services import free_port
+from tests.services import free_port, metric
 
 pytestmark = pytest.mark.e2e
 MODEL = "flight-delay"
@@ -149,15 +149,14 @@ def test_predict_and_schema_errors_name_the_field(served: Path) -> None:
         assert len(dest_error) < 200, dest_error  # names the field, does not list 1,462 airports
 
         metrics = client.get("/metrics").text
-        assert 'mlops_serve_requests_total{model_version="1",role="champion",outcome="ok"} 3.0' in metrics
+        champion = {"model_version": "1", "role": "champion"}
+        assert metric(metrics, "mlops_serve_requests_total", **champion, outcome="ok") == 3
+        assert metric(metrics, "mlops_serve_requests_total", **champion, outcome="invalid") == len(cases) + 5
+        assert metric(metrics, "mlops_serve_model_info", alias="champion", model=MODEL, version="1") == 1
+        assert metric(metrics, "mlops_serve_request_latency_seconds_count", **champion, outcome="ok") == 3
         assert (
-            f'mlops_serve_requests_total{{model_version="1",role="champion",outcome="invalid"}} {len(cases) + 5}.0'
-            in metrics
-        )
-        assert 'mlops_serve_model_info{alias="champion",model="flight-delay",version="1"} 1.0' in metrics
-        assert (
-            'mlops_serve_request_latency_seconds_bucket{le="0.015",model_version="1",role="champion",outcome="ok"}'
-            in metrics
+            metric(metrics, "mlops_serve_request_latency_seconds_bucket", **champion, outcome="ok", le="+Inf")
+            == 3
         )
 
 
@@ -310,7 +309,7 @@ def test_explanations_add_up_to_the_models_log_odds(served: Path) -> None:
         assert bad.status_code == 422 and bad.json()["error"].startswith(
             "explain: Input should be a valid boolean"
         )
-        assert "mlops_serve_explained_total 3.0" in client.get("/metrics").text
+        assert metric(client.get("/metrics").text, "mlops_serve_explained_total") == 3
 
 
 def test_not_ready_until_a_champion_exists(served: Path) -> None:
@@ -340,7 +339,7 @@ def test_not_ready_until_a_champion_exists(served: Path) -> None:
             assert time.monotonic() < deadline
             time.sleep(0.2)
         assert client.post("/predict", json=payload).json()["model_version"] == "1"
-        assert 'outcome="unavailable"} 1.0' in client.get("/metrics").text
+        assert metric(client.get("/metrics").text, "mlops_serve_requests_total", outcome="unavailable") == 1
 
 
 def test_api_key_guards_predict_only(served: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -354,7 +353,7 @@ def test_api_key_guards_predict_only(served: Path, monkeypatch: pytest.MonkeyPat
         assert client.post("/predict", json=payload, headers=bearer).status_code == 200
         assert client.get("/health").status_code == 200 and client.get("/ready").status_code == 200
         assert client.get("/metrics").status_code == 200
-        assert 'outcome="unauthorized"} 2.0' in client.get("/metrics").text
+        assert metric(client.get("/metrics").text, "mlops_serve_requests_total", outcome="unauthorized") == 2
 
 
 def read_log(root: Path) -> Any:
@@ -490,8 +489,10 @@ def test_hot_reload_and_rollback_under_concurrent_requests(served: Path) -> None
         conn = http.client.HTTPConnection("127.0.0.1", port)
         conn.request("GET", "/metrics")
         metrics = conn.getresponse().read().decode()
-        assert 'mlops_serve_reloads_total{alias="champion",outcome="swapped"} 3.0' in metrics  # load, 2, 1
-        assert 'mlops_serve_requests_total{model_version="2",role="champion",outcome="ok"}' in metrics
+        assert (
+            metric(metrics, "mlops_serve_reloads_total", alias="champion", outcome="swapped") == 3
+        )  # load, 2, 1
+        assert metric(metrics, "mlops_serve_requests_total", model_version="2", role="champion", outcome="ok")
     # the log was flushed on shutdown, versions as answered
     log = read_log(served)
     assert set(log[log["role"] == "champion"]["model_version"]) == {"1", "2"}
