@@ -129,5 +129,50 @@ def running_airflow(workspace: Path, tmp_path: Path, **extra_env: str) -> Iterat
             shutil.copy(log, tmp_path / log.name)
 
 
+def chromium() -> str:
+    """Debian's Chromium (`scripts/browser.sh` installs it as root; no browser download).
+    Without it the test skips, except under CI=true where it fails."""
+    import pytest
+
+    found = shutil.which("chromium")
+    if found is None and os.geteuid() == 0:
+        proc = subprocess.run(["bash", str(REPO / "scripts/browser.sh")], capture_output=True, text=True)
+        found = shutil.which("chromium") if proc.returncode == 0 else None
+    if found is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("Chromium is missing and scripts/browser.sh could not install it (CI=true)")
+        pytest.skip("Chromium is not installed (run scripts/browser.sh as root)")
+    return found
+
+
+@contextmanager
+def browser_page(api: Api) -> Iterator[Any]:
+    """A Chromium page (Playwright) logged in to the Airflow UI as admin."""
+    from playwright.sync_api import sync_playwright
+
+    executable = chromium()
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=executable, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1400})
+        page.set_default_timeout(60_000)
+        page.goto(f"{api.base}/auth/login")
+        page.fill("input[name=username]", "admin")
+        page.fill("input[name=password]", api.password)
+        page.keyboard.press("Enter")
+        page.wait_for_url(f"{api.base}/")
+        try:
+            yield page
+        finally:
+            browser.close()
+
+
+def screenshot(page: Any, name: str) -> None:
+    """Kept in $MLOPS_TEST_SCREENSHOTS (a folder) when set, to look at."""
+    folder = os.environ.get("MLOPS_TEST_SCREENSHOTS")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(Path(folder) / f"{name}.png"), full_page=True)
+
+
 def admin_password(home: Path) -> str:
     return str(json.loads((home / "simple_auth_manager_passwords.json.generated").read_text())["admin"])

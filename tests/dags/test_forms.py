@@ -18,55 +18,26 @@ under CI=true where it fails.
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import REPO, train_champion
-from tests.dags.airflow_server import Api, running_airflow
+from tests.conftest import train_champion
+from tests.dags.airflow_server import Api, browser_page, chromium, running_airflow, screenshot
 
 pytestmark = pytest.mark.e2e
-SHOTS = "MLOPS_TEST_SCREENSHOTS"  # a folder: the screenshots are kept there to look at
-
-
-def chromium() -> str:
-    found = shutil.which("chromium")
-    if found is None and os.geteuid() == 0:
-        proc = subprocess.run(["bash", str(REPO / "scripts/browser.sh")], capture_output=True, text=True)
-        found = shutil.which("chromium") if proc.returncode == 0 else None
-    if found is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("Chromium is missing and scripts/browser.sh could not install it (CI=true)")
-        pytest.skip("Chromium is not installed (run scripts/browser.sh as root)")
-    return found
 
 
 @pytest.fixture
 def ui(january: Path, tmp_path: Path) -> Iterator[tuple[Api, Any, Path]]:
     """Airflow on a workspace with January validated and a champion (v1); a logged-in page."""
-    from playwright.sync_api import sync_playwright
-
-    executable = chromium()
+    chromium()  # skip or fail before anything starts
     train_champion(january)
     airflow = running_airflow(january, tmp_path, MLOPS_NIGHTLY_CRON="none", MLOPS_RETRAIN_CRON="none")
-    with airflow as (api, _), sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=executable, args=["--no-sandbox"])
-        page = browser.new_page(viewport={"width": 1400, "height": 1400})
-        page.set_default_timeout(60_000)
-        page.goto(f"{api.base}/auth/login")
-        page.fill("input[name=username]", "admin")
-        page.fill("input[name=password]", api.password)
-        page.keyboard.press("Enter")
-        page.wait_for_url(f"{api.base}/")
-        try:
-            yield api, page, january
-        finally:
-            browser.close()
+    with airflow as (api, _), browser_page(api) as page:
+        yield api, page, january
 
 
 def open_form(api: Api, page: Any, dag_id: str) -> Any:
@@ -96,13 +67,6 @@ def submit(api: Api, page: Any, dialog: Any, dag_id: str, shot: str) -> dict[str
     page.get_by_text("success").first.wait_for()
     screenshot(page, f"{shot}-run")
     return {**run, "states": states}
-
-
-def screenshot(page: Any, name: str) -> None:
-    folder = os.environ.get(SHOTS)
-    if folder:
-        Path(folder).mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(Path(folder) / f"{name}.png"), full_page=True)
 
 
 def result(api: Api, dag_id: str, run_id: str, task_id: str) -> dict[str, Any]:

@@ -19,11 +19,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
 from tests.conftest import train_champion
-from tests.dags.airflow_server import Api, running_airflow
+from tests.dags.airflow_server import Api, browser_page, running_airflow, screenshot
 
 pytestmark = pytest.mark.e2e
 
@@ -307,8 +308,13 @@ def test_deploy_loop_through_the_scheduler(loop_base: tuple[Path, str, str, str]
         assert [d["decision"] for d in first] == ["baking", "rollback"], timeline
         assert first[-1]["labelled_days"] == ["2013-01-11"] and "breach" in first[-1]["why"]
         assert first[-1]["changed"] is True
-        # the decision in the task's log, as the UI shows it
+        # the decision in the task's log, and as the UI shows it: the decide task's XCom tab
         assert "rollback" in task_log(home, "nightly", first[-1]["run"], "decide")
+        with browser_page(api) as page:
+            page.goto(f"{api.base}/dags/nightly/runs/{quote(first[-1]['run'], safe='')}/tasks/decide/xcom")
+            page.get_by_text("rollback").first.wait_for()
+            page.get_by_text("breach").first.wait_for()
+            screenshot(page, "nightly-decide-rollback-xcom")
 
         ok(mlops(ws, "promote", "--run", better, "--set", "promote.to=canary", "--set", "canary.share=0.3"))
         second = [night(f"2013-01-{day}") for day in (13, 14, 15)]
