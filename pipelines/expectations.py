@@ -130,6 +130,66 @@ def build_suite(validate_params: dict[str, Any], part: str = "all") -> gx.Expect
     return suite
 
 
+# The per-batch rules of a range's days judged together: one row per day (:func:`days_frame`),
+# one boolean column per per-batch expectation of the suite, named after its rule and column.
+def day_rule_columns(tolerances: bool) -> list[tuple[str, str]]:
+    """(rule, column of the days frame) for each per-batch expectation of the suite, the
+    weather tolerance's when ``tolerances`` (the block's run did not clear them)."""
+    P = contract.RULE_PREFIX
+    columns = [("row_count", f"{P}row_count")]
+    if tolerances:
+        columns += [("weather_ranges", f"{P}weather_ranges:{c}") for c in _WEATHER_RANGES]
+    columns += [("outcome_null_share", f"{P}outcome_null_share:{c}") for c in contract.NULL_SHARE_COLUMNS]
+    columns += [("late_rate", f"{P}late_rate"), *((rule, f"{P}{rule}") for rule in contract.MIX_COLUMNS)]
+    return columns
+
+
+def build_days_suite(tolerances: bool) -> gx.ExpectationSuite:
+    """The per-batch expectations of the suite over a frame of one row per day: each day's
+    verdict of a rule (against the bounds learned for that day) must hold."""
+    import great_expectations as gx
+
+    suite = gx.ExpectationSuite(name=f"{SUITE_NAME}_days" + ("" if tolerances else "_learned"))
+    for rule, column in day_rule_columns(tolerances):
+        suite.add_expectation(
+            gx.expectations.ExpectColumnValuesToBeInSet(column=column, value_set=[True], meta={"rule": rule})
+        )
+    return suite
+
+
+# a value this close to its bound is left to the day's own GX run (float rounding decides it)
+_UNDECIDED = 1e-9
+
+
+def day_verdicts(derived: Any, limits: contract.Bounds, tolerances: bool) -> tuple[dict[str, bool], bool]:
+    """One day's verdict of each per-batch expectation (the columns of
+    :func:`day_rule_columns`), computed as GX computes the expectation on the day's frame;
+    and whether every verdict is clear of float rounding (else the day takes its own run)."""
+    P = contract.RULE_PREFIX
+    rows = len(derived)
+    clear = True
+
+    def at_least(value: float, bound: float) -> bool:
+        nonlocal clear
+        clear &= abs(value - bound) > _UNDECIDED
+        return value >= bound
+
+    verdicts = {f"{P}row_count": at_least(rows, limits.rows_min) and at_least(limits.rows_max, rows)}
+    if tolerances:  # GX's `mostly`: the share of non-null values inside the range
+        for column, (low, high) in _WEATHER_RANGES.items():
+            values = derived[column].dropna()
+            inside = int(values.between(low, high).sum())
+            verdicts[f"{P}weather_ranges:{column}"] = not len(values) or at_least(inside / len(values), 0.99)
+    bounds = limits.parameters()
+    for column in contract.NULL_SHARE_COLUMNS:
+        share = float(derived[column].notna().sum()) / rows
+        verdicts[f"{P}outcome_null_share:{column}"] = at_least(share, bounds[f"non_null_min__{column}"])
+    verdicts[f"{P}late_rate"] = at_least(limits.late_rate_max, float(derived[contract.LATE].mean()))
+    for rule, shift in limits.mix_shift.items():
+        verdicts[f"{P}{rule}"] = at_least(limits.mix_max, shift)
+    return verdicts, clear
+
+
 def build_schema_suite() -> gx.ExpectationSuite:
     """The schema stage as GX expectations, for the data docs of a batch it stopped."""
     import great_expectations as gx

@@ -84,15 +84,15 @@ class Validate(Section):
         description="the largest change of a carrier's or airport's share of the day vs the history",
     )
     data_docs: bool = Field(
-        description="render GX Data Docs for every batch (rejected batches always get them); "
-        "off saves ~0.1 s per day in a long backfill"
+        description="render GX Data Docs of passed batches: a page per day checked alone, one per "
+        "block of days checked together (rejected batches always get theirs)"
     )
     block_days: int = Field(
         default=31,
         ge=1,
         le=366,
         description="a range is validated in blocks of this many days: the row rules of a block "
-        "in one GX run, the per-batch rules per day (1: every day in its own run)",
+        "in one GX run, the per-batch rules of its days in another (1: every day in its own run)",
     )
 
     @model_validator(mode="after")

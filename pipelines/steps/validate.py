@@ -56,6 +56,7 @@ class Checked:
     gx: dict[str, Any] | None  # GX's result (None when the schema stage stopped)
     statistics: dict[str, Any] | None
     bounds: contract.Bounds | None = None
+    block: str | None = None  # first..last day: checked with those days (one result, one page)
 
     @property
     def rules(self) -> set[str]:
@@ -80,9 +81,11 @@ class RowsChecked:
     # leave the tolerances out (their results are the block's)
     tolerances_clear: bool = False
 
-    def merged(self, batch_result: dict[str, Any]) -> dict[str, Any]:
+    def merged(self, batch_result: dict[str, Any], days: str | None = None) -> dict[str, Any]:
         """One day's result: its per-batch rules (its own run) and the row rules (the block's
-        run, which every row of the day passed), as one GX validation result."""
+        run, which every row of the day passed), as one GX validation result; or, with
+        ``days`` (first..last), the result of those days: the per-batch rules of each (one
+        run on a frame of one row per day) and the row rules of the block."""
         from pipelines.expectations import SUITE_NAME
 
         results = [*self.result["results"], *batch_result["results"]]
@@ -98,6 +101,9 @@ class RowsChecked:
         note = f"row rules checked on the rows of {self.label} together ({self.rows} rows, one run)"
         if self.tolerances_clear:
             note += "; the weather tolerance too (no row of them outside it)"
+        if days is not None:
+            note += (f"; the per-batch rules of {days} in one run on a frame of one row per day, each day "
+                     "against the bounds learned from the validated days before it")  # fmt: skip
         meta = {**batch_result.get("meta", {}), "row_rules": note}
         meta["run_id"] = {**(meta.get("run_id") or {}), "run_name": note}
         return {
@@ -131,7 +137,7 @@ class Validator:
             ProgressBarsConfig,
         )
 
-        from pipelines.expectations import build_schema_suite, build_suite
+        from pipelines.expectations import build_days_suite, build_schema_suite, build_suite
 
         # in memory, and no temporary data docs site (GX's default leaves a folder in /tmp per context)
         config = DataContextConfig(
@@ -144,7 +150,13 @@ class Validator:
             .add_dataframe_asset("batch")
             .add_batch_definition_whole_dataframe("whole")
         )
-        suite = ctx.suites.add(build_schema_suite() if schema_only else build_suite(self.cfg, part))
+        if schema_only:
+            suite = build_schema_suite()
+        elif part in ("days", "days_learned"):
+            suite = build_days_suite(tolerances=part == "days")
+        else:
+            suite = build_suite(self.cfg, part)
+        suite = ctx.suites.add(suite)
         validation = ctx.validation_definitions.add(
             gx.ValidationDefinition(data=definition, suite=suite, name="batch")
         )
@@ -196,6 +208,47 @@ class Validator:
             result["results"] = [item for item, t in zip(result["results"], tolerance, strict=True) if not t]
         label = f"{block[0][0]}..{block[-1][0]}"
         return RowsChecked(label, len(frame), result, dict(block), derived, tolerances_clear=clear)
+
+    def check_days(self, rows: RowsChecked, history: list[dict[str, Any]]) -> dict[dt.date, Checked]:
+        """The per-batch rules of a block's days (whose rows passed together) in one GX run on
+        a frame of one row per day: each day judged against the bounds learned from the
+        history as it stands before it, the days before it in the block included (as daily
+        runs would learn them). Returns the days so checked, all passing: the block's days up
+        to the first that breaks a per-batch rule (or sits on a bound within float rounding);
+        that day and the ones after it take their own runs, so a rejection reads as in a
+        nightly run and the history after it is learned without it."""
+        import pandas as pd
+
+        from pipelines.expectations import day_verdicts
+
+        tolerances = not rows.tolerances_clear  # not cleared by the block's run: judged per day
+        history = list(history)
+        verdicts, kept = [], []
+        for day in sorted(rows.derived):
+            batch, derived = rows.batches[day], rows.derived[day]
+            limits = contract.bounds(batch, history, self.cfg)
+            verdict, clear = day_verdicts(derived, limits, tolerances)
+            if not (clear and all(verdict.values())):
+                break
+            statistics = contract.statistics(batch, self.late_threshold)
+            verdicts.append(verdict)
+            kept.append((day, len(batch), statistics, limits))
+            history = [*history, statistics][-int(self.cfg["history_days"]) :]
+        if not kept:
+            return {}
+        frame = pd.DataFrame(verdicts, index=[str(day) for day, *_ in kept])
+        run = self._validation("days" if tolerances else "days_learned").run(
+            batch_parameters={"dataframe": frame}, result_format=_RESULT_FORMAT
+        )
+        if not run.success:  # GX disagrees with the verdicts: let every day run on its own
+            log.warning("validate %s: the days' per-batch run disagreed; each day runs alone", rows.label)
+            return {}
+        label = f"{kept[0][0]}..{kept[-1][0]}"
+        result = rows.merged(run.to_json_dict(), days=label)
+        for day, *_ in kept:
+            del rows.derived[day], rows.batches[day]
+        return {day: Checked(day, n, [], result, statistics, limits, block=label)
+                for day, n, statistics, limits in kept}  # fmt: skip
 
     def check(
         self, batch: Any, day: dt.date, history: list[dict[str, Any]], rows: RowsChecked | None = None
@@ -348,7 +401,7 @@ def validate(settings: Settings, params: Params, days: list[dt.date]) -> Validat
     result = ValidateResult()
     accepted: list[tuple[dt.date, Path, dict[str, Any]]] = []
     history: list[dict[str, Any]] | None = None
-    docs_for: list[tuple[dt.date, dict[str, Any]]] = []
+    docs_for: list[tuple[str, dict[str, Any]]] = []  # (day or first..last, GX result)
     # a range in blocks: the row rules (and the tolerances) of a block's days in one GX run,
     # then each day's per-batch rules against the history (the daily path for a block with a
     # broken row)
@@ -357,6 +410,7 @@ def validate(settings: Settings, params: Params, days: list[dt.date]) -> Validat
     for first in range(0, len(ordered), block_days):
         block = ordered[first : first + block_days]
         rows = _check_rows(validator, layout, block) if len(block) > 1 else None
+        together: dict[dt.date, Checked] | None = None  # the block's days checked in one run
         for day in block:
             incoming = layout.incoming_batch(day)
             if not incoming.exists():
@@ -366,13 +420,21 @@ def validate(settings: Settings, params: Params, days: list[dt.date]) -> Validat
                 raise StepError(_nothing_to_validate(layout, day, incoming))
             if history is None or (accepted and accepted[-1][0] > day):
                 history = load_history(settings, layout, day, int(cfg["history_days"]))
-            try:
-                batch = rows.batches.pop(day) if rows and day in rows.batches else pd.read_parquet(incoming)
-            except Exception as exc:
-                reason = f"unreadable batch file: {type(exc).__name__}: {exc}"
-                _reject(settings, layout, result, day, incoming, ["columns: " + reason], {})
-                continue
-            checked = validator.check(batch, day, history, rows)
+            if rows is not None and together is None:
+                together = validator.check_days(rows, history)
+            if together and day in together:
+                checked = together[day]
+            else:
+                together = None  # the block's days after this one: judged together again
+                try:
+                    batch = (
+                        rows.batches.pop(day) if rows and day in rows.batches else pd.read_parquet(incoming)
+                    )
+                except Exception as exc:
+                    reason = f"unreadable batch file: {type(exc).__name__}: {exc}"
+                    _reject(settings, layout, result, day, incoming, ["columns: " + reason], {})
+                    continue
+                checked = validator.check(batch, day, history, rows)
             if checked.failures:
                 details = {
                     "rows": len(batch),
@@ -384,20 +446,22 @@ def validate(settings: Settings, params: Params, days: list[dt.date]) -> Validat
                 log.error("%s", result.rejected[day.isoformat()])
                 del folder
                 continue
-            report = {"batch_date": day.isoformat(), "rows": len(batch), "success": True,
+            report = {"batch_date": day.isoformat(), "rows": checked.rows, "success": True,
                       "expectations": len(checked.gx.get("results", [])) if checked.gx else 0,
                       "bounds": _bounds_summary(checked.bounds), "statistics": checked.statistics}  # fmt: skip
             accepted.append((day, incoming, report))
-            if cfg.get("data_docs", True) and checked.gx:  # rendered after the commit
-                docs_for.append((day, checked.gx))
+            # rendered after the commit: a page per day checked alone, one per days checked together
+            if cfg.get("data_docs", True) and checked.gx and checked.block not in {p for p, _ in docs_for}:
+                docs_for.append((checked.block or day.isoformat(), checked.gx))
             assert checked.statistics is not None
             history = [*history, checked.statistics][-int(cfg["history_days"]) :]
-            result.passed[day.isoformat()] = len(batch)
+            result.passed[day.isoformat()] = checked.rows
             log.info(
-                "validate %s: %d rows kept every rule (%d expectations)",
+                "validate %s: %d rows kept every rule (%d expectations%s)",
                 day,
-                len(batch),
+                checked.rows,
                 report["expectations"],
+                f", with the days {checked.block}" if checked.block else "",
             )
 
     faults.point("validate.checked")
@@ -424,9 +488,9 @@ def validate(settings: Settings, params: Params, days: list[dt.date]) -> Validat
                 result.data_version = _recorded_version(layout.validated.with_suffix(".dvc"))
     elif layout.validated.with_suffix(".dvc").exists():
         result.data_version = _recorded_version(layout.validated.with_suffix(".dvc"))
-    for day, gx_result in docs_for:
-        if day.isoformat() in result.passed:
-            _passed_docs(settings, layout, day, gx_result)
+    for name, gx_result in docs_for:
+        if name.split("..")[0] in result.passed:  # not committed meanwhile by another run
+            _passed_docs(settings, layout, name, gx_result)
     if result.rejected:
         raise BatchRejected(" | ".join(result.rejected.values()))
     return result
@@ -462,22 +526,23 @@ def _page_tools() -> tuple[Any, Any, Any]:
     return ExpectationSuiteValidationResultSchema(), ValidationResultsPageRenderer(), DefaultJinjaPageView()
 
 
-def _passed_docs(settings: Settings, layout: Layout, day: dt.date, gx_result: dict[str, Any]) -> None:
-    """GX Data Docs of a committed batch (``validate.data_docs``): GX's validation results page,
-    rendered from the result the check already has (0.1 s; a checkpoint re-validating to
-    build a docs site takes 1.4 s), written whole beside the day's report, then published.
-    The batch is committed already: a page that cannot be written is a warning."""
-    page = layout.reports / "validation" / "docs" / f"{day}.html"
+def _passed_docs(settings: Settings, layout: Layout, name: str, gx_result: dict[str, Any]) -> None:
+    """GX Data Docs of committed batches (``validate.data_docs``): GX's validation results
+    page, rendered from the result the check already has (0.1 s; a checkpoint re-validating
+    to build a docs site takes 1.4 s), written whole beside the reports as ``<name>.html``
+    (a day, or first..last for days checked together), then published. The batches are
+    committed already: a page that cannot be written is a warning."""
+    page = layout.reports / "validation" / "docs" / f"{name}.html"
     try:
         schema, renderer, view = _page_tools()
         loaded = schema.load(json.loads(json.dumps(gx_result, default=str)))
         html = view.render(renderer.render(loaded))
         atomic_write_text(page, html)
-        publish_files(settings, [(f"reports/validation/docs/{day}.html", page)])
+        publish_files(settings, [(f"reports/validation/docs/{name}.html", page)])
     except Exception as exc:
-        log.warning("validate %s: data docs not rendered or published: %s", day, exc)
+        log.warning("validate %s: data docs not rendered or published: %s", name, exc)
         return
-    log.info("validate %s: GX Data Docs: %s", day, page.resolve().as_uri())
+    log.info("validate %s: GX Data Docs: %s", name, page.resolve().as_uri())
 
 
 def _nothing_to_validate(layout: Layout, day: dt.date, incoming: Path) -> str:

@@ -334,7 +334,11 @@ def test_generated_breakages_are_caught_by_exactly_their_rule(validator, rule: s
 
 def test_every_real_day_passes_against_its_own_history(validator) -> None:  # type: ignore[no-untyped-def]
     """All 365 days, in order, each against the days before it (fixed bounds for the first
-    week), as `mlops validate --dates` checks a range: the row rules of 31 days in one run."""
+    week), as `mlops validate --dates` checks a range: the row rules of 31 days in one run,
+    their per-batch rules in one run on a frame of one row per day, each day against the
+    bounds its own history gives (checked here against the bounds computed day by day)."""
+    from pipelines import contract
+
     failed: dict[object, object] = {}
     for first in range(0, len(DAYS), 31):
         block = [(day, year()[day].copy()) for day in DAYS[first : first + 31]]
@@ -342,8 +346,11 @@ def test_every_real_day_passes_against_its_own_history(validator) -> None:  # ty
         if rows is None:  # a row rule broke somewhere in the block: which day, and why
             failed.update({day: validator.check(batch, day, history(day)).failures for day, batch in block})
             continue
+        together = validator.check_days(rows, history(block[0][0]))
         for day, batch in block:
-            checked = validator.check(batch, day, history(day), rows)
-            if checked.failures:
-                failed[day] = checked.failures
+            if day not in together:  # a per-batch rule broke: which, and why
+                failed[day] = validator.check(batch, day, history(day)).failures or "passed alone"
+                continue
+            assert together[day].bounds == contract.bounds(batch, history(day), validator.cfg), day
+            assert together[day].statistics == stats(day) and together[day].gx["success"], day
     assert not failed, {day: lines for day, lines in failed.items() if lines}

@@ -1,5 +1,5 @@
-"""A range of days validated in blocks (the row rules of a block's days in one GX run, the
-per-batch rules day by day) against every day in its own run (``validate.block_days: 1``, the
+"""A range of days validated in blocks (the row rules of a block's days in one GX run, their
+per-batch rules in another, on a frame of one row per day) against every day in its own run (``validate.block_days: 1``, the
 path of a nightly run): the same validated store and data version, the same reports, and for
 broken days the same rejections, in one command each on the same landed files."""
 
@@ -80,6 +80,20 @@ def _run(root: Path, block_days: int, breaks: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _covered(pages: list[str]) -> list[str]:
+    """The days the Data Docs pages cover, each once (``<day>.html`` or ``<first>..<last>.html``)."""
+    import datetime as dt
+
+    days = []
+    for page in pages:
+        first, _, last = page.removesuffix(".html").partition("..")
+        day, end = dt.date.fromisoformat(first), dt.date.fromisoformat(last or first)
+        while day <= end:
+            days.append(day.isoformat())
+            day += dt.timedelta(days=1)
+    return sorted(days) if len(days) == len(set(days)) else ["a day on two pages", *days]
+
+
 @pytest.mark.parametrize(
     ("breaks", "rejected"),
     [
@@ -104,9 +118,17 @@ def test_blocks_give_the_outputs_of_daily_runs(
 ) -> None:
     daily = _run(make_workspace(tmp_path / "daily"), 1, breaks)
     blocks = _run(make_workspace(tmp_path / "blocks"), 7, breaks)
+    # the Data Docs differ by design: a page per day checked alone, one per days checked together
+    daily_docs, block_docs = daily.pop("docs"), blocks.pop("docs")
     assert blocks == daily
     assert len(daily["validated"]) == 14 - len(rejected)
-    assert len(daily["docs"]) == 14 - len(rejected)
+    assert daily_docs == [f"{day.removesuffix('.parquet')}.html" for day in daily["validated"]]
+    assert (
+        _covered(block_docs)
+        == _covered(daily_docs)
+        == [d.removesuffix(".parquet") for d in daily["validated"]]
+    )
+    assert len(block_docs) < len(daily_docs), block_docs  # the days judged together share a page
     assert set(daily["quarantined"]) == set(rejected)
     for day, rule in rejected.items():
         assert day in daily["rejected"] and rule in daily["rejected"], daily["rejected"]
@@ -115,16 +137,26 @@ def test_blocks_give_the_outputs_of_daily_runs(
         assert learned["learned"] and learned["history_days"] == 9, learned  # neither day 5 nor day 11
 
 
-def test_a_day_page_says_its_row_rules_were_checked_with_the_block(tmp_path: Path) -> None:
-    """The Data Docs page of a day validated in a block: every expectation of the suite,
-    with GX's own rendering, and the block its row rules were checked on."""
+def test_days_checked_together_share_one_page(tmp_path: Path) -> None:
+    """Days validated together (their rows in one GX run, their per-batch rules in one run
+    on a frame of one row per day) get one Data Docs page: every expectation of the suite,
+    with GX's own rendering, and which days were checked how; each day's report counts the
+    59 expectations it was held to, as a day checked alone."""
     root = make_workspace(tmp_path / "ws")
     _run(root, 31, {})
-    page = (root / "reports/validation/docs/2013-01-09.html").read_text()
+    assert sorted(p.name for p in (root / "reports/validation/docs").glob("*.html")) == [
+        "2013-01-01..2013-01-14.html"
+    ]
+    page = (root / "reports/validation/docs/2013-01-01..2013-01-14.html").read_text()
     text = " ".join(re.sub(r"<[^>]+>", " ", page).split())
     assert "row rules checked on the rows of 2013-01-01..2013-01-14 together" in text
     assert "the weather tolerance too (no row of them outside it)" in text
+    assert "the per-batch rules of 2013-01-01..2013-01-14 in one run on a frame of one row per day" in text
     assert "Evaluated Expectations 59 Successful Expectations 59" in text, text[:3000]
     assert text.count("values must never be null") == len(REQUIRED_COLUMNS)  # row rules, as GX renders them
-    rows = json.loads((root / "reports/validation/2013-01-09.json").read_text())["rows"]
-    assert re.search(rf"less than or equal to \d+ rows\. {rows} ", text), "the day's own row count"
+    for rule in ("row_count", "late_rate", "carrier_mix", "origin_mix", "outcome_null_share:tailnum"):
+        assert (
+            f"rule:{rule} Status Expectation Observed Value values must belong to this set: True" in text
+        ), rule
+    report = json.loads((root / "reports/validation/2013-01-09.json").read_text())
+    assert report["expectations"] == 59 and report["bounds"]["learned"], report
