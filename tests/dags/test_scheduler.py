@@ -312,8 +312,12 @@ def test_deploy_loop_through_the_scheduler(loop_base: tuple[Path, str, str, str]
         assert "rollback" in task_log(home, "nightly", first[-1]["run"], "decide")
         with browser_page(api) as page:
             page.goto(f"{api.base}/dags/nightly/runs/{quote(first[-1]['run'], safe='')}/tasks/decide/xcom")
-            page.get_by_text("rollback").first.wait_for()
-            page.get_by_text("breach").first.wait_for()
+            # the tab lists the value collapsed ("{ ... }"): expanded, as a person opens it
+            page.get_by_role("button", name="Expand all extra JSON").click()
+            row = page.locator("tbody tr").filter(has_text="return_value").first
+            row.get_by_text('"rollback"').wait_for()  # visible, in the Value cell
+            shown = row.inner_text().replace("\xa0", " ")  # the JSON view indents with no-break spaces
+            assert '"decision": "rollback"' in shown and "breach" in shown, shown
             screenshot(page, "nightly-decide-rollback-xcom")
 
         ok(mlops(ws, "promote", "--run", better, "--set", "promote.to=canary", "--set", "canary.share=0.3"))
