@@ -130,8 +130,9 @@ def build_suite(validate_params: dict[str, Any], part: str = "all") -> gx.Expect
     return suite
 
 
-# The per-batch rules of a range's days judged together: one row per day (:func:`days_frame`),
-# one boolean column per per-batch expectation of the suite, named after its rule and column.
+# The per-batch rules of a range's days judged together (Validator.check_days): a frame of one
+# row per day, one boolean column per per-batch expectation of the suite (:func:`day_verdicts`),
+# named after its rule and column.
 def day_rule_columns(tolerances: bool) -> list[tuple[str, str]]:
     """(rule, column of the days frame) for each per-batch expectation of the suite, the
     weather tolerance's when ``tolerances`` (the block's run did not clear them)."""

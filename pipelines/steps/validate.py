@@ -102,8 +102,10 @@ class RowsChecked:
         if self.tolerances_clear:
             note += "; the weather tolerance too (no row of them outside it)"
         if days is not None:
-            note += (f"; the per-batch rules of {days} in one run on a frame of one row per day, each day "
-                     "against the bounds learned from the validated days before it")  # fmt: skip
+            note += (
+                f"; the per-batch rules of {days} in one run on a frame of one row per day, "
+                "each day against the bounds learned from the validated days before it"
+            )
         meta = {**batch_result.get("meta", {}), "row_rules": note}
         meta["run_id"] = {**(meta.get("run_id") or {}), "run_name": note}
         return {
@@ -250,8 +252,10 @@ class Validator:
         result = rows.merged(run.to_json_dict(), days=label)
         for day, *_ in kept:
             del rows.derived[day], rows.batches[day]
-        return {day: Checked(day, n, [], result, statistics, limits, block=label)
-                for day, n, statistics, limits in kept}  # fmt: skip
+        return {
+            day: Checked(day, n, [], result, statistics, limits, block=label)
+            for day, n, statistics, limits in kept
+        }
 
     def check(
         self, batch: Any, day: dt.date, history: list[dict[str, Any]], rows: RowsChecked | None = None
@@ -404,10 +408,10 @@ def validate(settings: Settings, params: Params, days: list[dt.date]) -> Validat
     result = ValidateResult()
     accepted: list[tuple[dt.date, Path, dict[str, Any]]] = []
     history: list[dict[str, Any]] | None = None
-    docs_for: list[tuple[str, dict[str, Any]]] = []  # (day or first..last, GX result)
+    docs_for: dict[str, dict[str, Any]] = {}  # page name (a day, or first..last) -> GX result
     # a range in blocks: the row rules (and the tolerances) of a block's days in one GX run,
-    # then each day's per-batch rules against the history (the daily path for a block with a
-    # broken row)
+    # then their per-batch rules in one run on a frame of one row per day (a block with a
+    # broken row, and a day that breaks a per-batch rule, take the daily path)
     block_days = max(1, int(cfg.get("block_days", 31)))
     ordered = sorted(days)
     for first in range(0, len(ordered), block_days):
@@ -454,8 +458,8 @@ def validate(settings: Settings, params: Params, days: list[dt.date]) -> Validat
                       "bounds": _bounds_summary(checked.bounds), "statistics": checked.statistics}  # fmt: skip
             accepted.append((day, incoming, report))
             # rendered after the commit: a page per day checked alone, one per days checked together
-            if cfg.get("data_docs", True) and checked.gx and checked.block not in {p for p, _ in docs_for}:
-                docs_for.append((checked.block or day.isoformat(), checked.gx))
+            if cfg.get("data_docs", True) and checked.gx:
+                docs_for.setdefault(checked.block or day.isoformat(), checked.gx)
             assert checked.statistics is not None
             history = [*history, checked.statistics][-int(cfg["history_days"]) :]
             result.passed[day.isoformat()] = checked.rows
@@ -491,7 +495,7 @@ def validate(settings: Settings, params: Params, days: list[dt.date]) -> Validat
                 result.data_version = _recorded_version(layout.validated.with_suffix(".dvc"))
     elif layout.validated.with_suffix(".dvc").exists():
         result.data_version = _recorded_version(layout.validated.with_suffix(".dvc"))
-    for name, gx_result in docs_for:
+    for name, gx_result in docs_for.items():
         if name.split("..")[0] in result.passed:  # not committed meanwhile by another run
             _passed_docs(settings, layout, name, gx_result)
     if result.rejected:
