@@ -212,8 +212,8 @@ def loop_base(january_template: Path, tmp_path_factory: pytest.TempPathFactory) 
 
 
 # the scenarios that take minutes each, longest first: under pytest-xdist (`make test`: two
-# workers, tests handed out one at a time) each worker starts with two of them, so that no
-# worker is left running one alone at the end
+# workers) they are handed out early, so that no worker is left running one alone at the end;
+# the groups below go first (the largest, the crash-safety tests, to one worker at the start)
 LONG_FIRST = (
     "tests/profile/test_scaled_out.py::test_celery",
     "tests/dags/test_forms.py",
@@ -222,12 +222,45 @@ LONG_FIRST = (
     "tests/e2e/",
     "tests/data/test_contract.py::test_every_real_day",
 )
+# fixtures that take from ~10 s to ~90 s to build, shared by several tests: every test that
+# uses one runs on the same worker (`--dist loadgroup`), so it is built once, not once per
+# worker (module-scoped ones: once per run of its module's tests on a worker)
+BUILT_ONCE = {
+    "tests.code.conftest.states": "crash-states",  # the state before each protocol command
+    "tests.conftest.loop_base": "deploy-loop",  # a weak champion and three evaluated challengers
+    "tests.code.test_outage.outage": "outage",  # an MLflow server behind a fault proxy, 3 models
+    "tests.model.test_gate_intervals.models": "gate-intervals",  # three fitted models
+    "tests.model.test_model_behaviour.trained": "model-behaviour",  # a model fitted on January
+}
 
 
+def _shared_fixture_group(item: pytest.Item) -> str | None:
+    info = getattr(item, "_fixtureinfo", None)
+    for name, defs in (info.name2fixturedefs.items() if info else ()):
+        key = f"{defs[-1].func.__module__}.{name}"
+        if key in BUILT_ONCE:
+            return BUILT_ONCE[key]
+    return None
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups off the marks
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if (group := _shared_fixture_group(item)) is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
     if hasattr(config, "workerinput"):  # a pytest-xdist worker: they collect, the controller schedules
 
         def rank(item: pytest.Item) -> int:
             return next((i for i, p in enumerate(LONG_FIRST) if item.nodeid.startswith(p)), len(LONG_FIRST))
 
         items.sort(key=rank)  # stable: file order otherwise
+
+
+def pytest_xdist_node_collection_finished(node: Any, ids: list[str]) -> None:
+    """Under `--dist loadgroup` a worker reports each grouped test as ``nodeid@group`` (every
+    crash-safety test is in one); with a pytest and pytest-xdist pair where that no longer takes
+    effect the groups would be spread over the workers silently, each building the fixture
+    again: stop instead."""
+    crash = [nodeid for nodeid in ids if nodeid.startswith("tests/code/test_crash_safety.py")]
+    if node.config.getvalue("dist") == "loadgroup" and crash and "@" not in crash[0]:
+        pytest.exit(f"--dist loadgroup has no effect with pytest {pytest.__version__} (see pyproject.toml)", 3)
