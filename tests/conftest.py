@@ -236,7 +236,7 @@ BUILT_ONCE = {
 
 def _shared_fixture_group(item: pytest.Item) -> str | None:
     info = getattr(item, "_fixtureinfo", None)
-    for name, defs in (info.name2fixturedefs.items() if info else ()):
+    for name, defs in info.name2fixturedefs.items() if info else ():
         key = f"{defs[-1].func.__module__}.{name}"
         if key in BUILT_ONCE:
             return BUILT_ONCE[key]
@@ -263,4 +263,6 @@ def pytest_xdist_node_collection_finished(node: Any, ids: list[str]) -> None:
     again: stop instead."""
     crash = [nodeid for nodeid in ids if nodeid.startswith("tests/code/test_crash_safety.py")]
     if node.config.getvalue("dist") == "loadgroup" and crash and "@" not in crash[0]:
-        pytest.exit(f"--dist loadgroup has no effect with pytest {pytest.__version__} (see pyproject.toml)", 3)
+        pytest.exit(
+            f"--dist loadgroup has no effect with pytest {pytest.__version__} (see pyproject.toml)", 3
+        )
