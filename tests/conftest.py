@@ -211,15 +211,19 @@ def loop_base(january_template: Path, tmp_path_factory: pytest.TempPathFactory) 
     return root, constant, crippled, better
 
 
-# the scenarios that take minutes each, longest first: under pytest-xdist (`make test`: two
-# workers) they are handed out early, so that no worker is left running one alone at the end;
-# the groups below go first (the largest, the crash-safety tests, to one worker at the start)
+# the order in which the two workers of `make test` are handed work (pytest-xdist, `--dist
+# loadgroup --no-loadscope-reorder`): the longest units first, so that no worker is left running
+# one alone at the end; a group (below) goes whole to one worker, the largest, the 61
+# crash-safety and protocol tests (~22 min), to one worker at the start, the scenarios to the other
 LONG_FIRST = (
+    "@crash-states",
     "tests/profile/test_scaled_out.py::test_celery",
+    "@deploy-loop",
     "tests/dags/test_forms.py",
     "tests/profile/test_scaled_out.py::test_docker",
     "tests/dags/test_scheduler.py",
     "tests/e2e/",
+    "@outage",
     "tests/data/test_contract.py::test_every_real_day",
 )
 # fixtures that take from ~10 s to ~90 s to build, shared by several tests: every test that
@@ -245,13 +249,19 @@ def _shared_fixture_group(item: pytest.Item) -> str | None:
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups off the marks
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    groups: dict[str, str] = {}
     for item in items:
         if (group := _shared_fixture_group(item)) is not None:
             item.add_marker(pytest.mark.xdist_group(group))
+            groups[item.nodeid] = f"@{group}"
     if hasattr(config, "workerinput"):  # a pytest-xdist worker: they collect, the controller schedules
 
         def rank(item: pytest.Item) -> int:
-            return next((i for i, p in enumerate(LONG_FIRST) if item.nodeid.startswith(p)), len(LONG_FIRST))
+            group = groups.get(item.nodeid)
+            return next(
+                (i for i, p in enumerate(LONG_FIRST) if p == group or item.nodeid.startswith(p)),
+                len(LONG_FIRST),
+            )
 
         items.sort(key=rank)  # stable: file order otherwise
 
