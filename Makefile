@@ -50,10 +50,11 @@ bench: env
 serve: env
 	$(VENV)/bin/mlops serve --port 8000
 
-# two workers (pytest-xdist), handed one test at a time (the long scenarios first: tests/conftest.py);
+# two workers (pytest-xdist), handed one test at a time in the order tests/conftest.py gives (the
+# long ones first), except that the tests sharing a costly fixture go together to one worker;
 # PYTEST_WORKERS=0 runs everything in one process
 test: env
-	$(VENV)/bin/python -m pytest -n $(PYTEST_WORKERS) --maxschedchunk 1 $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup --no-loadscope-reorder $(PYTEST_ARGS)
 
 lint: env
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/mypy pipelines

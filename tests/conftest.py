@@ -211,23 +211,68 @@ def loop_base(january_template: Path, tmp_path_factory: pytest.TempPathFactory) 
     return root, constant, crippled, better
 
 
-# the scenarios that take minutes each, longest first: under pytest-xdist (`make test`: two
-# workers, tests handed out one at a time) each worker starts with two of them, so that no
-# worker is left running one alone at the end
+# the order in which the two workers of `make test` are handed work (pytest-xdist, `--dist
+# loadgroup --no-loadscope-reorder`): the longest units first, so that no worker is left running
+# one alone at the end; a group (below) goes whole to one worker, the largest, the 61
+# crash-safety and protocol tests (~22 min), to one worker at the start, the scenarios to the other
 LONG_FIRST = (
+    "@crash-states",
     "tests/profile/test_scaled_out.py::test_celery",
+    "@deploy-loop",
     "tests/dags/test_forms.py",
     "tests/profile/test_scaled_out.py::test_docker",
     "tests/dags/test_scheduler.py",
     "tests/e2e/",
+    "@outage",
     "tests/data/test_contract.py::test_every_real_day",
 )
+# fixtures that take from ~10 s to ~90 s to build, shared by several tests: every test that
+# uses one runs on the same worker (`--dist loadgroup`), so it is built once, not once per
+# worker (module-scoped ones: once per run of its module's tests on a worker)
+BUILT_ONCE = {
+    "tests.code.conftest.states": "crash-states",  # the state before each protocol command
+    "tests.conftest.loop_base": "deploy-loop",  # a weak champion and three evaluated challengers
+    "tests.code.test_outage.outage": "outage",  # an MLflow server behind a fault proxy, 3 models
+    "tests.model.test_gate_intervals.models": "gate-intervals",  # three fitted models
+    "tests.model.test_model_behaviour.trained": "model-behaviour",  # a model fitted on January
+}
 
 
+def _shared_fixture_group(item: pytest.Item) -> str | None:
+    info = getattr(item, "_fixtureinfo", None)
+    for name, defs in info.name2fixturedefs.items() if info else ():
+        key = f"{defs[-1].func.__module__}.{name}"
+        if key in BUILT_ONCE:
+            return BUILT_ONCE[key]
+    return None
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups off the marks
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    groups: dict[str, str] = {}
+    for item in items:
+        if (group := _shared_fixture_group(item)) is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
+            groups[item.nodeid] = f"@{group}"
     if hasattr(config, "workerinput"):  # a pytest-xdist worker: they collect, the controller schedules
 
         def rank(item: pytest.Item) -> int:
-            return next((i for i, p in enumerate(LONG_FIRST) if item.nodeid.startswith(p)), len(LONG_FIRST))
+            group = groups.get(item.nodeid)
+            return next(
+                (i for i, p in enumerate(LONG_FIRST) if p == group or item.nodeid.startswith(p)),
+                len(LONG_FIRST),
+            )
 
         items.sort(key=rank)  # stable: file order otherwise
+
+
+def pytest_xdist_node_collection_finished(node: Any, ids: list[str]) -> None:
+    """Under `--dist loadgroup` a worker reports each grouped test as ``nodeid@group`` (every
+    crash-safety test is in one); with a pytest and pytest-xdist pair where that no longer takes
+    effect the groups would be spread over the workers silently, each building the fixture
+    again: stop instead."""
+    crash = [nodeid for nodeid in ids if nodeid.startswith("tests/code/test_crash_safety.py")]
+    if node.config.getvalue("dist") == "loadgroup" and crash and "@" not in crash[0]:
+        pytest.exit(
+            f"--dist loadgroup has no effect with pytest {pytest.__version__} (see pyproject.toml)", 3
+        )
