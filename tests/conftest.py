@@ -249,15 +249,14 @@ def _shared_fixture_group(item: pytest.Item) -> str | None:
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups off the marks
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    groups: dict[str, str] = {}
     for item in items:
         if (group := _shared_fixture_group(item)) is not None:
             item.add_marker(pytest.mark.xdist_group(group))
-            groups[item.nodeid] = f"@{group}"
     if hasattr(config, "workerinput"):  # a pytest-xdist worker: they collect, the controller schedules
 
         def rank(item: pytest.Item) -> int:
-            group = groups.get(item.nodeid)
+            mark = item.get_closest_marker("xdist_group")
+            group = f"@{mark.args[0]}" if mark else None
             return next(
                 (i for i, p in enumerate(LONG_FIRST) if p == group or item.nodeid.startswith(p)),
                 len(LONG_FIRST),
