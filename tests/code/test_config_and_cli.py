@@ -157,3 +157,48 @@ def test_ingest_is_idempotent_per_date(run_cli, workspace: Path) -> None:  # typ
     code, out, _ = run_cli("validate", "--date", "2013-05-05")
     assert code == 0 and '"already": ["2013-05-05"]' in out
     assert (workspace / "data/validated.dvc").read_text() == tracked
+
+
+FAST_EXIT = """
+import atexit, sys, threading, time
+from pipelines import fastexit
+
+fastexit.arm()
+
+
+class Module:  # freed by the interpreter's teardown, which fastexit skips
+    def __del__(self):
+        sys.stderr.write("teardown ran\\n")
+
+
+kept = Module()
+atexit.register(lambda: sys.stderr.write("a library's exit handler ran\\n"))
+worker = threading.Thread(target=lambda: (time.sleep(0.5), sys.stdout.write("thread done\\n")))
+worker.start()
+sys.stdout.write("buffered, not flushed")  # a pipe: block-buffered
+if sys.argv[1] == "raise":
+    raise RuntimeError("a bug")
+fastexit.leave(int(sys.argv[1]))
+"""
+
+
+@pytest.mark.parametrize("how", ["0", "99", "raise"])
+def test_mlops_ends_without_teardown_after_its_exit_handlers(how: str) -> None:
+    """The `mlops` console script (pipelines.cli:run) ends with pipelines.fastexit: threads
+    joined, every exit handler run, output flushed, its exit code kept; only the interpreter's
+    teardown is skipped. An uncaught exception takes Python's usual exit."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", FAST_EXIT, how], capture_output=True, text=True, timeout=60)
+    assert proc.stdout == "buffered, not flushedthread done\n"
+    assert "a library's exit handler ran" in proc.stderr
+    if how == "raise":
+        assert proc.returncode == 1 and "RuntimeError: a bug" in proc.stderr
+        assert "teardown ran" in proc.stderr
+    else:
+        assert proc.returncode == int(how) and "teardown ran" not in proc.stderr, proc.stderr
+    import tomllib
+
+    scripts = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["mlops"] == "pipelines.cli:run"
