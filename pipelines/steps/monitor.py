@@ -30,11 +30,14 @@ from typing import Any
 from pipelines import schema
 from pipelines.config import ConfigError, Params, Settings
 from pipelines.errors import StepError
+from pipelines.faults import point
 from pipelines.features import build_target
+from pipelines.helper import Helper
+from pipelines.helper import start as start_helper
 from pipelines.layout import Layout
 from pipelines.publish import fetch_missing, publish_tree
 from pipelines.registry import CHAMPION, Registry
-from pipelines.storage import atomic_write_text
+from pipelines.storage import atomic_copy, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -43,17 +46,54 @@ PREDICTION = "prediction"
 
 def reference_sample(settings: Settings, registry: Registry, run_id: str, version: str) -> Any:
     """The champion's reference (features + predictions), cached locally per version."""
-    import mlflow
     import pandas as pd
 
-    cached = settings.path(".mlops", "reference", f"{registry.name}-v{version}.parquet")
+    return pd.read_parquet(reference_path(settings, registry.name, run_id, version))
+
+
+def reference_path(settings: Settings, model_name: str, run_id: str, version: str) -> Path:
+    """The local copy of a version's reference sample, downloaded once (atomically: a kill
+    mid-download leaves no half file under the cached name)."""
+    cached = settings.path(".mlops", "reference", f"{model_name}-v{version}.parquet")
     if not cached.exists():
+        import mlflow
+
         local = mlflow.artifacts.download_artifacts(
             run_id=run_id, artifact_path="reference/reference.parquet", tracking_uri=settings.mlflow_uri
         )
         cached.parent.mkdir(parents=True, exist_ok=True)
-        cached.write_bytes(Path(local).read_bytes())
-    return pd.read_parquet(cached)
+        atomic_copy(Path(local), cached)
+    return cached
+
+
+def find_champion(settings: Settings, model_name: str) -> dict[str, str]:
+    """The champion's version and run, and the local path of its reference sample (called in
+    the MLflow helper process, see :mod:`pipelines.helper`)."""
+    champion = Registry(settings, model_name).alias(CHAMPION)
+    if champion is None:
+        raise StepError(f"model {model_name!r} has no champion to monitor")
+    path = reference_path(settings, model_name, champion.run_id, champion.version)
+    return {"version": champion.version, "run_id": champion.run_id, "reference": str(path)}
+
+
+def log_monitor_run(
+    settings: Settings, day: str, tags: dict[str, str], metrics: dict[str, float], out_dir: str
+) -> str:
+    """One MLflow run for a monitored day: its tags, metrics and report (called in the MLflow
+    helper process). Returns the run id."""
+    import mlflow
+
+    from pipelines.tracking import close_stale_runs, connect, experiment_id, owner_tags, run_name
+
+    client = connect(settings)
+    exp_id = experiment_id(settings, client, suffix="-monitoring")
+    close_stale_runs(client, exp_id)
+    with mlflow.start_run(experiment_id=exp_id, run_name=run_name("monitor", day), tags=owner_tags()) as run:
+        point("monitor:run-open")
+        mlflow.set_tags(tags)
+        mlflow.log_metrics(metrics)
+        mlflow.log_artifacts(out_dir, artifact_path=f"monitor/{day}")
+    return str(run.info.run_id)
 
 
 def _logged_features(frame: Any) -> Any:
@@ -193,25 +233,31 @@ def drift_report(reference: Any, current: Any, cfg: dict[str, Any]) -> tuple[Any
                       "unmeasured": empty}  # fmt: skip
 
 
-def monitor(settings: Settings, params: Params, day: dt.date) -> dict[str, Any]:
-    import mlflow
+def monitor(settings: Settings, params: Params, day: dt.date, helper: Helper | None = None) -> dict[str, Any]:
+    """Monitor one day. MLflow's calls go through ``helper`` (see :mod:`pipelines.helper`;
+    None: in this process)."""
+    import pandas as pd
 
-    from pipelines.tracking import close_stale_runs, connect, experiment_id, owner_tags, run_name
-
+    helper = helper or Helper(settings)
     cfg = params.section("monitor")
     layout = Layout.of(settings, params.get("validate.store"))
-    registry = Registry(settings, params.get("promote.model_name"))
-    champion = registry.alias(CHAMPION)
-    if champion is None:
-        raise StepError(f"model {registry.name!r} has no champion to monitor")
-    reference = reference_sample(settings, registry, champion.run_id, champion.version)
+    asked = helper.submit(f"{__name__}:find_champion", model_name=params.get("promote.model_name"))
     traffic = cfg.get("traffic", "scored")
-    if traffic == "scored":  # the nightly batch scoring (`mlops score`)
-        current = current_window(layout, day, cfg["window_days"], settings)
-    elif traffic == "served":  # requests to `mlops serve`
-        current = served_window(layout, day, cfg["window_days"], settings)
-    else:
-        raise ConfigError(f"monitor.traffic must be 'scored' or 'served', got {traffic!r}")
+    try:
+        if traffic == "scored":  # the nightly batch scoring (`mlops score`)
+            current = current_window(layout, day, cfg["window_days"], settings)
+        elif traffic == "served":  # requests to `mlops serve`
+            current = served_window(layout, day, cfg["window_days"], settings)
+        else:
+            raise ConfigError(f"monitor.traffic must be 'scored' or 'served', got {traffic!r}")
+    except Exception:
+        asked()  # a missing champion (or a registry outage) is the error to report first
+        raise
+    import evidently.presets  # noqa: F401  # imported while the helper looks up the champion
+
+    champion = asked()
+    point("monitor:champion")
+    reference = pd.read_parquet(champion["reference"])
     snapshot, drift = drift_report(reference, current, cfg)
     prediction = drift["columns"].get(PREDICTION, {})
     features_drift = {c: v for c, v in drift["columns"].items() if c != PREDICTION}
@@ -235,7 +281,7 @@ def monitor(settings: Settings, params: Params, day: dt.date) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     snapshot.save_html(str(out_dir / "drift.html"))
     summary = {
-        "date": day.isoformat(), "champion_version": champion.version, "window_days": cfg["window_days"],
+        "date": day.isoformat(), "champion_version": champion["version"], "window_days": cfg["window_days"],
         "traffic": traffic,
         "current_rows": len(current), "reference_rows": len(reference),
         "drift_share": round(share, 4), "drifted_features": sorted(c for c, v in features_drift.items() if v["drifted"]),
@@ -246,26 +292,21 @@ def monitor(settings: Settings, params: Params, day: dt.date) -> dict[str, Any]:
     }  # fmt: skip
     atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2))
     publish_tree(settings, f"reports/monitor/{day}", out_dir)
+    point("monitor:report-written")
 
-    client = connect(settings)
-    exp_id = experiment_id(settings, client, suffix="-monitoring")
-    close_stale_runs(client, exp_id)
-    with mlflow.start_run(
-        experiment_id=exp_id, run_name=run_name("monitor", day.isoformat()), tags=owner_tags()
-    ):
-        mlflow.set_tags({"mlops.step": "monitor", "mlops.batch_date": day.isoformat(),
-                         "mlops.champion_version": champion.version, "mlops.breach": str(bool(reasons)).lower()})  # fmt: skip
-        metrics = {"drift_share": share, "drifted_features": float(n_drifted),
-                   "mean_prediction": summary["mean_prediction"]}  # fmt: skip
-        if prediction:
-            metrics["prediction_drift_score"] = prediction["score"]
-        if live:
-            metrics.update(live_roc_auc=live["roc_auc"], live_brier=live["brier"])
-            canary = (live.get("by_role") or {}).get("canary")
-            if canary:
-                metrics.update(live_canary_roc_auc=canary["roc_auc"], live_canary_brier=canary["brier"])
-        mlflow.log_metrics(metrics)
-        mlflow.log_artifacts(str(out_dir), artifact_path=f"monitor/{day}")
+    tags = {"mlops.step": "monitor", "mlops.batch_date": day.isoformat(),
+            "mlops.champion_version": champion["version"], "mlops.breach": str(bool(reasons)).lower()}  # fmt: skip
+    metrics = {"drift_share": share, "drifted_features": float(n_drifted),
+               "mean_prediction": summary["mean_prediction"]}  # fmt: skip
+    if prediction:
+        metrics["prediction_drift_score"] = prediction["score"]
+    if live:
+        metrics.update(live_roc_auc=live["roc_auc"], live_brier=live["brier"])
+        canary = (live.get("by_role") or {}).get("canary")
+        if canary:
+            metrics.update(live_canary_roc_auc=canary["roc_auc"], live_canary_brier=canary["brier"])
+    helper.submit(f"{__name__}:log_monitor_run", day=day.isoformat(), tags=tags, metrics=metrics,
+                  out_dir=str(out_dir))()  # fmt: skip
     log.info("monitor %s: drift share %.2f (%s), prediction drift %s, live %s -> %s", day, share,
              ", ".join(summary["drifted_features"]) or "none", prediction.get("drifted"),
              "n/a" if live is None else f"auc {live['roc_auc']:.3f}", "BREACH" if reasons else "ok")  # fmt: skip
@@ -273,7 +314,7 @@ def monitor(settings: Settings, params: Params, day: dt.date) -> dict[str, Any]:
     if reasons:
         from pipelines.notify import make_notifier
 
-        make_notifier().notify(f"drift breach on {day} (champion v{champion.version})", {
+        make_notifier().notify(f"drift breach on {day} (champion v{champion['version']})", {
             "reasons": reasons, "drift_share": share, "live": live,
             "report": (out_dir / "drift.html").resolve().as_uri(),
         }, level="warning")  # fmt: skip
@@ -282,8 +323,13 @@ def monitor(settings: Settings, params: Params, day: dt.date) -> dict[str, Any]:
 
 def monitor_days(settings: Settings, params: Params, days: list[dt.date]) -> dict[str, Any]:
     """Monitor each day of ``days`` in this process; quarantined days are skipped."""
+    with start_helper(settings, "monitor") as helper:  # MLflow's import starts now, beside ours
+        return _monitor_days(settings, params, days, helper)
+
+
+def _monitor_days(settings: Settings, params: Params, days: list[dt.date], helper: Helper) -> dict[str, Any]:
     if len(days) == 1:
-        return monitor(settings, params, days[0])
+        return monitor(settings, params, days[0], helper)
     layout = Layout.of(settings, params.get("validate.store"))
     quarantined = set(layout.quarantined_days())
     results, skipped = [], []
@@ -292,7 +338,7 @@ def monitor_days(settings: Settings, params: Params, days: list[dt.date]) -> dic
             skipped.append(day.isoformat())
             log.warning("monitor %s: quarantined, not validated: skipped in this range", day)
             continue
-        results.append(monitor(settings, params, day))
+        results.append(monitor(settings, params, day, helper))
     if not results:
         raise StepError(f"no validated day in {days[0]}..{days[-1]} to monitor")
     last = results[-1]
