@@ -160,12 +160,19 @@ def _unpack(answer: dict[str, Any]) -> Any:
     raise RuntimeError(f"the MLflow helper process failed:\n{message}")
 
 
+def _cores() -> int:
+    """The cores this process may run on (all of the machine's where that cannot be asked)."""
+    if hasattr(os, "sched_getaffinity"):  # Linux
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def start(settings: Any, label: str) -> Helper:
     """A helper process where a second core is free, else calls in this process."""
     wanted = os.environ.get("MLOPS_TRACKING_HELPER", "auto").strip().lower()
     if wanted in ("0", "false", "no", "off"):
         return Helper(settings)
-    if wanted == "auto" and len(os.sched_getaffinity(0)) < 2:
+    if wanted == "auto" and _cores() < 2:
         return Helper(settings)
     return ProcessHelper(settings, label)
 

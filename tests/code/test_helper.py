@@ -169,3 +169,23 @@ def test_only_pipelines_functions_can_be_called(tmp_path: Path) -> None:
     ):
         helper.submit("os:system", command="true")
     assert helper.proc.returncode == 0  # closed: it read end-of-file and exited
+
+
+def test_one_core_or_off_keeps_the_calls_in_the_step(tmp_path: Path) -> None:
+    import sys
+
+    probe = "from pipelines.config import Settings; from pipelines.helper import start; h = start(Settings(), 't'); print(type(h).__name__); h.close()"  # fmt: skip
+    env = {**os.environ, "MLOPS_PROJECT_DIR": str(tmp_path)}
+    env.pop("MLOPS_TRACKING_HELPER", None)
+
+    def kind(*prefix: str, **extra: str) -> str:
+        proc = subprocess.run([*prefix, sys.executable, "-c", probe], env={**env, **extra}, capture_output=True,
+                              text=True, timeout=120)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout.strip()
+
+    assert kind("taskset", "-c", "0") == "Helper"  # one core: nothing to overlap with
+    assert kind("taskset", "-c", "0", MLOPS_TRACKING_HELPER="1") == "ProcessHelper"  # asked for
+    assert kind(MLOPS_TRACKING_HELPER="0") == "Helper"
+    if len(os.sched_getaffinity(0)) >= 2:
+        assert kind() == "ProcessHelper"
