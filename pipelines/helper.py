@@ -90,8 +90,11 @@ class ProcessHelper(Helper):
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_ROOT), env.get("PYTHONPATH", "")) if p)
         self.proc = subprocess.Popen(
             [sys.executable, "-P", "-m", "pipelines.helper", label],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True,
-        )  # fmt: skip
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+            text=True,
+        )
         self.pid = self.proc.pid
         self._asked = 0  # calls written
         self._answers: dict[int, dict[str, Any]] = {}  # answers read ahead of their turn

@@ -194,12 +194,15 @@ def drift_report(reference: Any, current: Any, cfg: dict[str, Any]) -> tuple[Any
     ref = Dataset.from_pandas(reference[columns], data_definition=definition)
     cur = Dataset.from_pandas(current[columns], data_definition=definition)
     preset = DataDriftPreset(
-        columns=columns, drift_share=cfg["drift_share"],
-        num_method=cfg["num_method"], num_threshold=cfg["num_threshold"],
-        cat_method=cfg["cat_method"], cat_threshold=cfg["cat_threshold"],
+        columns=columns,
+        drift_share=cfg["drift_share"],
+        num_method=cfg["num_method"],
+        num_threshold=cfg["num_threshold"],
+        cat_method=cfg["cat_method"],
+        cat_threshold=cfg["cat_threshold"],
         # a week's weather is expected to differ from a month's: a wider margin for it
         per_column_threshold={c: cfg["weather_threshold"] for c in schema.WEATHER_FEATURES if c not in empty},
-    )  # fmt: skip
+    )
     snapshot = Report([preset]).run(current_data=cur, reference_data=ref)
     metrics = snapshot.dict()["metrics"]
     share = metrics[0]["value"]
@@ -294,10 +297,17 @@ def monitor(settings: Settings, params: Params, day: dt.date, helper: Helper | N
     publish_tree(settings, f"reports/monitor/{day}", out_dir)
     point("monitor:report-written")
 
-    tags = {"mlops.step": "monitor", "mlops.batch_date": day.isoformat(),
-            "mlops.champion_version": champion["version"], "mlops.breach": str(bool(reasons)).lower()}  # fmt: skip
-    metrics = {"drift_share": share, "drifted_features": float(n_drifted),
-               "mean_prediction": summary["mean_prediction"]}  # fmt: skip
+    tags = {
+        "mlops.step": "monitor",
+        "mlops.batch_date": day.isoformat(),
+        "mlops.champion_version": champion["version"],
+        "mlops.breach": str(bool(reasons)).lower(),
+    }
+    metrics = {
+        "drift_share": share,
+        "drifted_features": float(n_drifted),
+        "mean_prediction": summary["mean_prediction"],
+    }
     if prediction:
         metrics["prediction_drift_score"] = prediction["score"]
     if live:
@@ -305,8 +315,9 @@ def monitor(settings: Settings, params: Params, day: dt.date, helper: Helper | N
         canary = (live.get("by_role") or {}).get("canary")
         if canary:
             metrics.update(live_canary_roc_auc=canary["roc_auc"], live_canary_brier=canary["brier"])
-    helper.submit(f"{__name__}:log_monitor_run", day=day.isoformat(), tags=tags, metrics=metrics,
-                  out_dir=str(out_dir))()  # fmt: skip
+    helper.submit(
+        f"{__name__}:log_monitor_run", day=day.isoformat(), tags=tags, metrics=metrics, out_dir=str(out_dir)
+    )()
     log.info("monitor %s: drift share %.2f (%s), prediction drift %s, live %s -> %s", day, share,
              ", ".join(summary["drifted_features"]) or "none", prediction.get("drifted"),
              "n/a" if live is None else f"auc {live['roc_auc']:.3f}", "BREACH" if reasons else "ok")  # fmt: skip

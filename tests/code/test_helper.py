@@ -67,8 +67,14 @@ def test_the_helper_gives_the_outputs_of_one_process(scored: Path, tmp_path: Pat
     results, runs, pids = {}, {}, {}
     for helper in ("1", "0"):
         ws = clone_workspace(scored, tmp_path / f"helper{helper}")
-        proc = subprocess.Popen([str(VENV_BIN / "mlops"), "monitor", "--date", DAY], cwd=ws,
-                                env=_env(ws, helper), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        proc = subprocess.Popen(
+            [str(VENV_BIN / "mlops"), "monitor", "--date", DAY],
+            cwd=ws,
+            env=_env(ws, helper),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         out, err = proc.communicate(timeout=600)
         assert proc.returncode in (0, 99), err[-3000:]
         pids[helper] = proc.pid
@@ -111,8 +117,13 @@ def test_kill_9_of_the_step_ends_its_helper(scored: Path, tmp_path: Path) -> Non
     ws = clone_workspace(scored, tmp_path / "ws")
     barrier = tmp_path / "go"
     env = _env(ws, "1", MLOPS_TEST_PAUSE_AT=f"monitor:report-written={barrier}")
-    proc = subprocess.Popen([str(VENV_BIN / "mlops"), "monitor", "--date", DAY], cwd=ws, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        [str(VENV_BIN / "mlops"), "monitor", "--date", DAY],
+        cwd=ws,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 300
     while not list(tmp_path.glob("go.ready.*")):
         assert time.monotonic() < deadline and proc.poll() is None
@@ -174,13 +185,18 @@ def test_only_pipelines_functions_can_be_called(tmp_path: Path) -> None:
 def test_one_core_or_off_keeps_the_calls_in_the_step(tmp_path: Path) -> None:
     import sys
 
-    probe = "from pipelines.config import Settings; from pipelines.helper import start; h = start(Settings(), 't'); print(type(h).__name__); h.close()"  # fmt: skip
+    probe = "from pipelines.config import Settings; from pipelines.helper import start; h = start(Settings(), 't'); print(type(h).__name__); h.close()"
     env = {**os.environ, "MLOPS_PROJECT_DIR": str(tmp_path)}
     env.pop("MLOPS_TRACKING_HELPER", None)
 
     def kind(*prefix: str, **extra: str) -> str:
-        proc = subprocess.run([*prefix, sys.executable, "-c", probe], env={**env, **extra}, capture_output=True,
-                              text=True, timeout=120)  # fmt: skip
+        proc = subprocess.run(
+            [*prefix, sys.executable, "-c", probe],
+            env={**env, **extra},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert proc.returncode == 0, proc.stderr
         return proc.stdout.strip()
 
