@@ -255,9 +255,11 @@ def _run_train(settings: Any, params: Any, args: argparse.Namespace) -> Any:
 
 
 def _run_evaluate(settings: Any, params: Any, args: argparse.Namespace) -> Any:
+    from pipelines.helper import start as start_helper
     from pipelines.steps.evaluate import evaluate
 
-    report = evaluate(settings, params)
+    with start_helper(settings, "evaluate") as helper:  # MLflow's import starts now, beside ours
+        report = evaluate(settings, params, helper)
     print(report.summary_line())
     return 0 if report.blessed else args.refusal_exit_code
 

@@ -88,6 +88,10 @@ class ProcessHelper(Helper):
         # the helper runs the same pipelines package as this process, wherever it came from (-P:
         # not one that the working directory happens to hold)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_ROOT), env.get("PYTHONPATH", "")) if p)
+        # one thread for the helper's own computing (the champion's predictions in evaluate): the
+        # step's OpenMP threads have the cores, and two OpenMP pools spinning on two cores can
+        # double the step's time. Predictions do not depend on the number of threads.
+        env["OMP_NUM_THREADS"] = "1"
         self.proc = subprocess.Popen(
             [sys.executable, "-P", "-m", "pipelines.helper", label],
             stdin=subprocess.PIPE,

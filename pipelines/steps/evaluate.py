@@ -21,6 +21,7 @@ from pipelines import card, faults, schema
 from pipelines.config import Params, Settings
 from pipelines.errors import StepError
 from pipelines.gate import Check, GateReport
+from pipelines.helper import Helper
 from pipelines.layout import Layout
 from pipelines.registry import CHAMPION, Registry, rolled_back
 from pipelines.storage import atomic_write_text
@@ -52,12 +53,45 @@ def holdout_metrics(y: Any, proba: Any, prior: float) -> dict[str, float]:
     }
 
 
-def evaluate(settings: Settings, params: Params) -> GateReport:
-    import joblib
+def gate_context(settings: Settings, model_name: str, holdout: str) -> dict[str, Any]:
+    """What the gate needs from MLflow: the champion (its version, run, the days it was
+    trained on and its predictions on the holdout's flights) and the audit records. Called
+    through the step's MLflow helper (see :mod:`pipelines.helper`): it imports MLflow and
+    loads the champion while the step scores the challenger. Arguments and result are JSON
+    (the predictions as floats: ``repr`` round-trips them exactly)."""
     import mlflow
     import pandas as pd
 
+    registry = Registry(settings, model_name)
+    champion = registry.alias(CHAMPION)
+    context: dict[str, Any] = {"audit_records": registry.audit_records(), "champion": None}
+    if champion is not None:
+        X = pd.read_parquet(holdout, columns=list(schema.FEATURES))
+        model = mlflow.sklearn.load_model(registry.model_uri(champion))
+        context["champion"] = {
+            "version": champion.version,
+            "run_id": champion.run_id,
+            "trained_days": trained_days(registry, champion),
+            "proba": model.predict_proba(X)[:, 1].tolist(),
+        }
+    return context
+
+
+def evaluate(settings: Settings, params: Params, helper: Helper | None = None) -> GateReport:
+    """The gate. MLflow's calls go through ``helper`` (None: in this process)."""
+    helper = helper or Helper(settings)
     layout = Layout.of(settings, params.get("validate.store"))
+    # asked first: the helper imports MLflow and scores the champion while this process
+    # imports pandas and scikit-learn and scores the challenger
+    asked = helper.submit(
+        f"{__name__}:gate_context",
+        model_name=params.get("promote.model_name"),
+        holdout=str(layout.features / "holdout.parquet"),
+    )
+    import joblib
+    import numpy as np
+    import pandas as pd
+
     cfg = params.section("evaluate")
     try:
         trained = json.loads((layout.reports / "train.json").read_text())
@@ -74,17 +108,21 @@ def evaluate(settings: Settings, params: Params) -> GateReport:
     proba = model.predict_proba(X)[:, 1]
     prior = float(window["train_late_rate"])
     metrics = holdout_metrics(y, proba, prior)
-
-    registry = Registry(settings, params.get("promote.model_name"))
-    champion = registry.alias(CHAMPION)
     resamples = resamples_for(holdout, cfg)
+    # what does not need the champion, while the helper may still be loading it
+    floors = floor_checks(metrics, holdout, proba, cfg, resamples)
+    slices = slice_checks(holdout, proba, cfg, resamples)
+    importance = card.permutation_importance(model, X, y, cfg["seed"])
+
+    context = asked()
+    champion = context["champion"]
     champion_info = comparison = champ_proba = None
     if champion is not None:
-        champ_model = mlflow.sklearn.load_model(registry.model_uri(champion))
-        champ_proba = champ_model.predict_proba(X)[:, 1]
-        champion_info = {"version": champion.version, "run_id": champion.run_id,
+        champ_proba = np.asarray(champion["proba"], dtype=float)
+        champion_info = {"version": champion["version"], "run_id": champion["run_id"],
                          "metrics": holdout_metrics(y, champ_proba, prior)}  # fmt: skip
-        comparison = compared_days(holdout["batch_date"], trained_days(registry, champion))
+        seen = champion["trained_days"]
+        comparison = compared_days(holdout["batch_date"], None if seen is None else tuple(seen))
         comparison.update(
             resamples=cfg["resamples"],
             seed=cfg["seed"],
@@ -102,16 +140,27 @@ def evaluate(settings: Settings, params: Params) -> GateReport:
         evaluated_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), thresholds=dict(cfg),
         comparison=comparison,
     )  # fmt: skip
-    report.checks = gate_checks(
-        metrics, champion_info, holdout, proba, cfg, resamples, champ_proba, comparison
+    report.checks = [
+        *floors,
+        *champion_checks(champion_info, holdout, proba, cfg, resamples, champ_proba, comparison),
+        *slices,
+        history_check(context["audit_records"], trained.get("fingerprint", "")),
+    ]
+    model_card = card.build(
+        report.to_dict(), trained, importance, params.get("promote.model_name"), params.section("train")
     )
-    report.checks.append(history_check(registry.audit_records(), trained.get("fingerprint", "")))
-    importance = card.permutation_importance(model, X, y, cfg["seed"])
-    model_card = card.build(report.to_dict(), trained, importance, registry.name, params.section("train"))
     faults.point("evaluate.scored")
     _write_outputs(layout, report, y, proba, model_card)
     faults.point("evaluate.written")
-    _log_to_mlflow(settings, report, layout)
+    helper.submit(
+        f"{__name__}:log_gate",
+        run_id=report.run_id,
+        challenger=report.challenger,
+        comparison=comparison_metrics(report),
+        tags={"mlops.gate_verdict": report.verdict, "mlops.gate_champion": report.champion_version or ""},
+        reports=str(layout.reports),
+        plots=str(layout.plots),
+    )()
     log.info("%s", report.summary_line())
     return report
 
@@ -160,20 +209,12 @@ def compared_days(batch_date: Any, seen: tuple[str, str] | None) -> dict[str, An
     }
 
 
-def gate_checks(
-    metrics: dict[str, float],
-    champion: dict[str, Any] | None,
-    holdout: Any,
-    proba: Any,
-    cfg: dict[str, Any],
-    resamples: Resamples,
-    champ_proba: Any = None,
-    comparison: dict[str, Any] | None = None,
+def floor_checks(
+    metrics: dict[str, float], holdout: Any, proba: Any, cfg: dict[str, Any], resamples: Resamples
 ) -> list[Check]:
-    """Floors on the challenger's point estimates (each with its interval), the comparison
-    with the champion by the bounds of the paired differences, and the slices."""
+    """The challenger's absolute floors, each with its interval."""
     y = holdout[schema.TARGET]
-    checks = [
+    return [
         Check.compare("roc_auc floor", "floor", metrics["roc_auc"], ">=", cfg["min_roc_auc"]).with_interval(
             resamples.auc(y, proba)
         ),
@@ -184,46 +225,59 @@ def gate_checks(
             "brier skill vs naive prior", "floor", metrics["brier_skill"], ">=", cfg["min_brier_skill"]
         ),
     ]
+
+
+def champion_checks(
+    champion: dict[str, Any] | None,
+    holdout: Any,
+    proba: Any,
+    cfg: dict[str, Any],
+    resamples: Resamples,
+    champ_proba: Any = None,
+    comparison: dict[str, Any] | None = None,
+) -> list[Check]:
+    """The comparison with the champion, by the bounds of the paired differences (skipped
+    without one)."""
+    y = holdout[schema.TARGET]
     if champion is None or comparison is None:
-        checks.append(Check.skipped("roc_auc vs champion", "champion", "no champion yet: first model"))
-    else:
-        version, c = champion["version"], f"{cfg['confidence']:.0%}"
-        mask = (
-            None
-            if comparison["whole_holdout"]
-            else holdout["batch_date"].isin(comparison["unseen_days"]).to_numpy()
-        )
-        where = (
-            f"the whole holdout (the champion was trained on all of it), {comparison['rows']} flights"
-            if comparison["whole_holdout"]
-            else f"{comparison['rows']} flights on {len(comparison['unseen_days'])} of {comparison['days']} "
-            "holdout days unseen by both"
-        )
-        auc = resamples.auc_difference(y, proba, champ_proba, mask)
-        checks.append(
-            Check.compare(
-                "roc_auc vs champion",
-                "champion",
-                auc.low,
-                ">=",
-                -cfg["max_auc_drop"],
-                f"challenger - champion v{version} = {auc.estimate:+.4f} on {where}; at {c} confidence not lower than "
-                f"{auc.low:+.4f} (allowed drop {cfg['max_auc_drop']})",
-            ).with_interval(auc)
-        )
-        brier = resamples.brier_difference(y, proba, champ_proba, mask)
-        checks.append(
-            Check.compare(
-                "brier vs champion",
-                "champion",
-                brier.high,
-                "<=",
-                cfg["max_brier_rise"],
-                f"challenger - champion v{version} = {brier.estimate:+.4f} on {where}; at {c} confidence not higher "
-                f"than {brier.high:+.4f} (allowed rise {cfg['max_brier_rise']})",
-            ).with_interval(brier)
-        )
-    checks.extend(slice_checks(holdout, proba, cfg, resamples))
+        return [Check.skipped("roc_auc vs champion", "champion", "no champion yet: first model")]
+    checks = []
+    version, c = champion["version"], f"{cfg['confidence']:.0%}"
+    mask = (
+        None
+        if comparison["whole_holdout"]
+        else holdout["batch_date"].isin(comparison["unseen_days"]).to_numpy()
+    )
+    where = (
+        f"the whole holdout (the champion was trained on all of it), {comparison['rows']} flights"
+        if comparison["whole_holdout"]
+        else f"{comparison['rows']} flights on {len(comparison['unseen_days'])} of {comparison['days']} "
+        "holdout days unseen by both"
+    )
+    auc = resamples.auc_difference(y, proba, champ_proba, mask)
+    checks.append(
+        Check.compare(
+            "roc_auc vs champion",
+            "champion",
+            auc.low,
+            ">=",
+            -cfg["max_auc_drop"],
+            f"challenger - champion v{version} = {auc.estimate:+.4f} on {where}; at {c} confidence not lower than "
+            f"{auc.low:+.4f} (allowed drop {cfg['max_auc_drop']})",
+        ).with_interval(auc)
+    )
+    brier = resamples.brier_difference(y, proba, champ_proba, mask)
+    checks.append(
+        Check.compare(
+            "brier vs champion",
+            "champion",
+            brier.high,
+            "<=",
+            cfg["max_brier_rise"],
+            f"challenger - champion v{version} = {brier.estimate:+.4f} on {where}; at {c} confidence not higher "
+            f"than {brier.high:+.4f} (allowed rise {cfg['max_brier_rise']})",
+        ).with_interval(brier)
+    )
     return checks
 
 
@@ -345,18 +399,27 @@ def comparison_metrics(report: GateReport) -> dict[str, float]:
     return out
 
 
-def _log_to_mlflow(settings: Settings, report: GateReport, layout: Layout) -> None:
+def log_gate(
+    settings: Settings,
+    run_id: str,
+    challenger: dict[str, float],
+    comparison: dict[str, float],
+    tags: dict[str, str],
+    reports: str,
+    plots: str,
+) -> None:
+    """The gate's metrics, verdict and files on the training run (called through the step's
+    MLflow helper): `mlops promote --run` consumes the blessing from there on any host."""
     import mlflow
 
     from pipelines.tracking import connect
 
     connect(settings)
-    with mlflow.start_run(run_id=report.run_id):
-        mlflow.log_metrics({f"holdout_{k}": v for k, v in report.challenger.items()})
-        mlflow.log_metrics({f"vs_champion_{k}": v for k, v in comparison_metrics(report).items()})
-        mlflow.set_tags({"mlops.gate_verdict": report.verdict,
-                         "mlops.gate_champion": report.champion_version or ""})  # fmt: skip
-        # the blessing and what it is about: `mlops promote --run` consumes these on any host
+    with mlflow.start_run(run_id=run_id):
+        mlflow.log_metrics({f"holdout_{k}": v for k, v in challenger.items()})
+        mlflow.log_metrics({f"vs_champion_{k}": v for k, v in comparison.items()})
+        mlflow.set_tags(tags)
+        # the blessing and what it is about
         for name in (
             "gate.json",
             "gate.md",
@@ -365,5 +428,5 @@ def _log_to_mlflow(settings: Settings, report: GateReport, layout: Layout) -> No
             "model_card.md",
             "model_card.html",
         ):
-            mlflow.log_artifact(str(layout.reports / name), artifact_path="gate")
-        mlflow.log_artifacts(str(layout.plots), artifact_path="gate/plots")
+            mlflow.log_artifact(f"{reports}/{name}", artifact_path="gate")
+        mlflow.log_artifacts(plots, artifact_path="gate/plots")

@@ -1,7 +1,7 @@
-"""`mlops monitor`'s MLflow helper process (pipelines/helper.py): the same outputs as in one
-process, and the invariant under kill -9: the helper never outlives the step by more than the
-call in hand, and a kill of either leaves what a kill of the one-process step leaves, which
-the next run repairs. Real processes, a real SQLite MLflow store, real SIGKILLs."""
+"""The MLflow helper process of `mlops monitor` and `mlops evaluate` (pipelines/helper.py): the
+same outputs as in one process, and the invariant under kill -9: the helper never outlives the
+step by more than the call in hand, and a kill of either leaves what a kill of the one-process
+step leaves, which the next run repairs. Real processes, a real SQLite MLflow store, real SIGKILLs."""
 
 from __future__ import annotations
 
@@ -98,6 +98,55 @@ def test_the_helper_gives_the_outputs_of_one_process(scored: Path, tmp_path: Pat
     assert mine.pop("mlops.pid") != str(pids["1"]) and theirs.pop("mlops.pid") == str(pids["0"])
     assert mine == theirs and mine["mlops.step"] == "monitor" and mine["mlops.batch_date"] == DAY
     assert with_helper.info.status == alone.info.status == "FINISHED"
+
+
+def _gate_outputs(ws: Path) -> dict[str, Any]:
+    """What `mlops evaluate` wrote: the gate report, card, DVC metrics and curves, and the
+    training run's gate metrics, tags and files in MLflow."""
+    from mlflow import MlflowClient
+
+    gate = json.loads((ws / "reports/gate.json").read_text())
+    gate.pop("evaluated_at")
+    card = json.loads((ws / "reports/model_card.json").read_text())
+    uri = f"sqlite:///{ws / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    run = client.get_run(gate["run_id"])
+    return {
+        "gate": gate,
+        "card": {k: v for k, v in card.items() if "evaluated" not in k},
+        "metrics.json": (ws / "metrics.json").read_text(),
+        "plots": {p.name: p.read_text() for p in sorted((ws / "plots").glob("*.csv"))},
+        "run metrics": {
+            k: v for k, v in run.data.metrics.items() if k.startswith(("holdout_", "vs_champion_"))
+        },
+        "run tags": {k: v for k, v in run.data.tags.items() if k.startswith("mlops.gate_")},
+        "run files": sorted(f.path for f in client.list_artifacts(gate["run_id"], "gate")),
+    }
+
+
+def test_evaluate_gives_the_same_gate_with_and_without_its_helper(scored: Path, tmp_path: Path) -> None:
+    """`mlops evaluate` asks its helper for the champion (its predictions on the holdout, the
+    days it saw, the audit records) first thing and logs the gate through it at the end: the
+    same report, card, metrics, curves and MLflow records as in one process, here against the
+    deploy loop's champion v1 (the paired differences computed from the helper's predictions)."""
+    outputs = {}
+    for helper in ("1", "0"):
+        ws = clone_workspace(scored, tmp_path / f"helper{helper}")
+        proc = mlops(ws, "evaluate", "--refusal-exit-code", "0", env=_env(ws, helper))
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert ("(MLflow helper)" in proc.stderr) == (helper == "1"), proc.stderr[-3000:]
+        outputs[helper] = _gate_outputs(ws)
+    assert outputs["1"] == outputs["0"]
+    gate = outputs["1"]["gate"]
+    assert gate["champion"]["version"] == "1" and gate["comparison"]["rows"] > 0
+    assert {"roc_auc_diff", "brier_diff", "rows"} <= set(
+        json.loads(outputs["1"]["metrics.json"])["vs_champion"]
+    )
+    assert outputs["1"]["run tags"]["mlops.gate_champion"] == "1"
+    assert (
+        "vs_champion_roc_auc_diff" in outputs["1"]["run metrics"]
+        and "gate/gate.json" in outputs["1"]["run files"]
+    )
 
 
 def test_an_error_in_the_helper_reads_as_in_one_process(scored: Path) -> None:

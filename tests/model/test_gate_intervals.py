@@ -67,7 +67,7 @@ def proba(model: Any, holdout: pd.DataFrame) -> np.ndarray:
 def verdict(models: dict[str, Any], challenger: str, holdout: pd.DataFrame, seed: int) -> str:
     """The product's gate checks for one challenger against the champion, both scored on
     ``holdout`` (unseen by both), with the bootstrap seeded by ``seed``."""
-    from pipelines.steps.evaluate import compared_days, gate_checks, holdout_metrics
+    from pipelines.steps.evaluate import champion_checks, compared_days, holdout_metrics
 
     cfg = {**models["cfg"], "seed": seed, "slice_columns": []}
     y, p, q = (
@@ -78,8 +78,7 @@ def verdict(models: dict[str, Any], challenger: str, holdout: pd.DataFrame, seed
     resamples = Resamples(len(holdout), cfg["resamples"], seed, cfg["confidence"])
     champion = {"version": "1", "run_id": "r", "metrics": holdout_metrics(y, q, 0.2)}
     comparison = compared_days(holdout["batch_date"], ("2013-01-01", "2013-01-10"))
-    checks = gate_checks(holdout_metrics(y, p, 0.2), champion, holdout, p, cfg, resamples, q, comparison)
-    compared = [c for c in checks if c.kind == "champion"]
+    compared = champion_checks(champion, holdout, p, cfg, resamples, q, comparison)
     assert [c.name for c in compared] == ["roc_auc vs champion", "brier vs champion"]
     return "refused" if any(c.verdict == "fail" for c in compared) else "blessed"
 
@@ -143,6 +142,82 @@ def test_weighted_auc_is_the_auc_of_the_resampled_rows() -> None:
     expected = [roc_auc_score(y[d], score[d]) for d in draws]
     assert weighted_auc(y, score, counts) == pytest.approx(expected, abs=1e-9)
     assert weighted_auc(y, score, None)[0] == pytest.approx(roc_auc_score(y, score), abs=1e-12)
+
+
+def straightforward_counts(n: int, samples: int, seed: int, groups: Any = None) -> np.ndarray:
+    """The resample counts as first written (every block built, then concatenated): the
+    blocked, in-place :class:`Resamples` must give these numbers bit for bit."""
+    units = n if groups is None else int(groups.max()) + 1
+    rng = np.random.default_rng(seed)
+    chunks = []
+    for start in range(0, samples, 100):
+        rows = min(100, samples - start)
+        draws = rng.integers(0, units, size=(rows, units))
+        flat = (draws + (np.arange(rows) * units)[:, None]).ravel()
+        drawn = np.bincount(flat, minlength=rows * units).reshape(rows, units).astype(np.float32)
+        chunks.append(drawn if groups is None else drawn[:, groups])
+    return np.concatenate(chunks)
+
+
+def straightforward_auc(y: np.ndarray, score: np.ndarray, counts: np.ndarray | None) -> np.ndarray:
+    """Weighted ROC AUC as first written: the counts' columns sorted in one copy of the whole
+    matrix, the on-time counts from their own product."""
+    order = np.argsort(score, kind="mergesort")
+    sorted_score, late = score[order], y[order].astype(np.float32)
+    weights = np.ones((1, len(y)), dtype=np.float32) if counts is None else counts[:, order]
+    starts = np.flatnonzero(np.r_[True, np.diff(sorted_score) != 0])
+    out = []
+    for begin in range(0, len(weights), 100):
+        w = weights[begin : begin + 100]
+        pos = np.add.reduceat(w * late, starts, axis=1)
+        neg = np.add.reduceat(w * (1 - late), starts, axis=1)
+        below = np.cumsum(neg, axis=1) - neg
+        total = pos.sum(axis=1, dtype=float) * neg.sum(axis=1, dtype=float)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out.append((pos * (below + 0.5 * neg)).sum(axis=1, dtype=float) / total)
+    return np.concatenate(out)
+
+
+@pytest.mark.parametrize("seed", [0, 7])
+def test_the_blocked_bootstrap_gives_the_same_numbers_bit_for_bit(seed: int) -> None:
+    """The gate's intervals are computed a block of resamples at a time, the picked columns
+    in one reused buffer (issue 14: 1.9 -> 0.6 s on the full year's holdout). Same inputs,
+    the same numbers to the last bit as the straightforward computation: counts, ROC AUC draws
+    on the whole holdout and on slices (with ties, and with a slice small enough that some
+    resamples hold a single class: NaN where it did), Brier means, cluster draws, and a
+    resample count that is not a multiple of the block."""
+    rng = np.random.default_rng(seed)
+    n, samples = 3_001, 250
+    y = (rng.random(n) < 0.25).astype(float)
+    score = np.round(rng.random(n) * 0.7 + 0.2 * y, 3)  # many ties
+    other = np.round(rng.random(n) * 0.7 + 0.1 * y, 2)
+    resamples = Resamples(n, samples, seed, 0.95)
+    counts = straightforward_counts(n, samples, seed)
+    assert np.array_equal(resamples.counts, counts)
+    groups = rng.integers(0, 400, size=n)
+    groups[:400] = np.arange(400)  # every group present
+    clustered = Resamples(n, samples, seed, 0.95, groups)
+    assert np.array_equal(clustered.counts, straightforward_counts(n, samples, seed, groups))
+
+    for mask in (None, rng.random(n) < 0.3, np.arange(n) < 12):
+        rows = slice(None) if mask is None else mask
+        cols = counts if mask is None else counts[:, mask]
+        for a, b in ((score, other), (other, score)):
+            expected = straightforward_auc(y[rows], a[rows], cols)
+            got = weighted_auc(
+                y[rows], a[rows], resamples.counts, None if mask is None else np.flatnonzero(mask)
+            )
+            assert np.array_equal(got, expected, equal_nan=True)
+            if mask is not None and mask.sum() == 12:
+                assert np.isnan(got).any()  # the tiny slice: some resamples drew no late flight
+            interval = resamples.auc_difference(y, a, b, mask)
+            draws = expected - straightforward_auc(y[rows], b[rows], cols)
+            assert interval == resamples.interval(interval.estimate, draws)
+            loss = (a[rows] - y[rows]) ** 2
+            with np.errstate(invalid="ignore", divide="ignore"):
+                brier = (cols @ loss) / cols.sum(axis=1, dtype=float)
+            assert resamples.brier(y, a, mask) == resamples.interval(float(loss.mean()), brier)
+        assert weighted_auc(y, score, None)[0] == straightforward_auc(y, score, None)[0]
 
 
 def run_cycle(root: Path, *overrides: str) -> Any:
