@@ -351,20 +351,27 @@ def test_celery_profile_nightly_retrain_s3_and_mlflow_faults(profile_factory: An
         Bucket=p.bucket, Key=f"store/reports/monitor/{today}/summary.json")["Body"].read())  # fmt: skip
     assert summary["traffic"] == "served" and summary["current_rows"] == 20
     # the profile's Prometheus scrapes the serving API: the 20 flights and the monitor's drift
-    # share (the serving API reads the newest summary) come back from PromQL; every panel of
-    # the generated Grafana dashboard is a query this Prometheus runs without error
+    # share (the serving API reads the newest summary at its next registry poll; until then the
+    # gauge reads 0) come back from PromQL; every panel of the generated Grafana dashboard is
+    # a query this Prometheus runs without error
     prometheus = f"http://127.0.0.1:{p.prometheus_port}"
     deadline = time.monotonic() + 120
     while True:
         flights = promql(prometheus, 'sum(mlops_serve_predictions_total{role="champion"})')
         drift = promql(prometheus, "mlops_monitor_drift_share")
-        if flights and float(flights[0]["value"][1]) == 20 and drift:
+        if (
+            flights
+            and float(flights[0]["value"][1]) == 20
+            and drift
+            and abs(float(drift[0]["value"][1]) - summary["drift_share"]) < 1e-9
+        ):
             break
         assert time.monotonic() < deadline, (
-            f"Prometheus did not scrape the flights and the drift share: {flights} {drift}"
+            f"Prometheus did not scrape the flights and the summary's drift share "
+            f"{summary['drift_share']}: {flights} {drift}"
         )
         time.sleep(1)
-    assert abs(float(drift[0]["value"][1]) - summary["drift_share"]) < 1e-9
+    assert summary["drift_share"] > 0  # the gauge's value came from the summary, not its default
     assert (
         promql(prometheus, 'sum(mlops_serve_requests_total{role="champion",outcome="ok"})')[0]["value"][1]
         == "1"
