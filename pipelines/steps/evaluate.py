@@ -119,8 +119,11 @@ def evaluate(settings: Settings, params: Params, helper: Helper | None = None) -
     champion_info = comparison = champ_proba = None
     if champion is not None:
         champ_proba = np.asarray(champion["proba"], dtype=float)
-        champion_info = {"version": champion["version"], "run_id": champion["run_id"],
-                         "metrics": holdout_metrics(y, champ_proba, prior)}  # fmt: skip
+        champion_info = {
+            "version": champion["version"],
+            "run_id": champion["run_id"],
+            "metrics": holdout_metrics(y, champ_proba, prior),
+        }
         seen = champion["trained_days"]
         comparison = compared_days(holdout["batch_date"], None if seen is None else tuple(seen))
         comparison.update(
@@ -132,14 +135,22 @@ def evaluate(settings: Settings, params: Params, helper: Helper | None = None) -
         )
 
     report = GateReport(
-        run_id=trained["run_id"], model_uri=trained["model_uri"], data_version=trained["data_version"],
+        run_id=trained["run_id"],
+        model_uri=trained["model_uri"],
+        data_version=trained["data_version"],
         window={"start": window["start"], "end": window["end"], "days": window["days"]},
-        holdout={"start": window["holdout_start"], "end": window["holdout_end"], "rows": len(holdout),
-                 "late_rate": metrics["late_rate"]},
-        challenger=metrics, champion=champion_info,
-        evaluated_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), thresholds=dict(cfg),
+        holdout={
+            "start": window["holdout_start"],
+            "end": window["holdout_end"],
+            "rows": len(holdout),
+            "late_rate": metrics["late_rate"],
+        },
+        challenger=metrics,
+        champion=champion_info,
+        evaluated_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        thresholds=dict(cfg),
         comparison=comparison,
-    )  # fmt: skip
+    )
     report.checks = [
         *floors,
         *champion_checks(champion_info, holdout, proba, cfg, resamples, champ_proba, comparison),
