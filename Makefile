@@ -13,7 +13,7 @@ export DO_NOT_TRACK := true
 
 DEMO_DATES ?= 2013-01-01:2013-01-31
 PYTEST_ARGS ?=
-PYTEST_WORKERS ?= 4
+PYTEST_WORKERS ?= 2
 
 .PHONY: demo test lint env clean-demo airflow airflow-stop bench serve
 
@@ -50,10 +50,9 @@ bench: env
 serve: env
 	$(VENV)/bin/mlops serve --port 8000
 
-# four workers (pytest-xdist) on two cores: most of a test's time is spent waiting on the real
-# processes and servers it starts (with two workers the cores sat idle much of the run); handed
-# work in the order tests/conftest.py gives (the long ones first), the tests sharing a costly
-# fixture together to one worker; PYTEST_WORKERS=0 runs everything in one process
+# two workers (pytest-xdist), handed one test at a time in the order tests/conftest.py gives (the
+# long ones first), except that the tests sharing a costly fixture go together to one worker;
+# PYTEST_WORKERS=0 runs everything in one process
 test: env
 	$(VENV)/bin/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup --no-loadscope-reorder $(PYTEST_ARGS)
 

@@ -211,22 +211,17 @@ def loop_base(january_template: Path, tmp_path_factory: pytest.TempPathFactory) 
     return root, constant, crippled, better
 
 
-# the order in which the workers of `make test` (four) are handed work (pytest-xdist, `--dist
-# loadgroup --no-loadscope-reorder`): each worker is first given two units, the first four then
-# the next four in this order (a group, below, is one unit and goes whole to one worker), then
-# one unit at a time to whichever is free. So the longest come first, paired so that no worker
-# is left running one alone at the end: each half of the crash-safety kills (~28 min in one
-# group, ~16 min in each half) with the real scheduler's scenario or the training-core story,
-# the Celery profile with the Podman one, the deploy-loop group with the browser forms
+# the order in which the two workers of `make test` are handed work (pytest-xdist, `--dist
+# loadgroup --no-loadscope-reorder`): the longest units first, so that no worker is left running
+# one alone at the end; a group (below) goes whole to one worker, the largest, the 61
+# crash-safety and protocol tests (~22 min), to one worker at the start, the scenarios to the other
 LONG_FIRST = (
     "@crash-states",
-    "@crash-states-2",
     "tests/profile/test_scaled_out.py::test_celery",
     "@deploy-loop",
-    "tests/dags/test_scheduler.py",
-    "tests/e2e/test_training_core.py",
-    "tests/profile/test_scaled_out.py::test_docker",
     "tests/dags/test_forms.py",
+    "tests/profile/test_scaled_out.py::test_docker",
+    "tests/dags/test_scheduler.py",
     "tests/e2e/",
     "@outage",
     "tests/data/test_contract.py::test_every_real_day",
@@ -241,10 +236,6 @@ BUILT_ONCE = {
     "tests.model.test_gate_intervals.models": "gate-intervals",  # three fitted models
     "tests.model.test_model_behaviour.trained": "model-behaviour",  # a model fitted on January
 }
-# groups too long for one worker: their tests are dealt, in collection order, to this many
-# groups (the fixture is then built once per part: ~2 min more of worker time for the crash
-# states, ~13 min less on the longest worker)
-SPLIT = {"crash-states": 2}
 
 
 def _shared_fixture_group(item: pytest.Item) -> str | None:
@@ -258,13 +249,8 @@ def _shared_fixture_group(item: pytest.Item) -> str | None:
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups off the marks
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    dealt: dict[str, int] = {}
     for item in items:
         if (group := _shared_fixture_group(item)) is not None:
-            if group in SPLIT:  # every worker collects the same items in the same order
-                part = dealt.get(group, 0) % SPLIT[group]
-                dealt[group] = dealt.get(group, 0) + 1
-                group = group if part == 0 else f"{group}-{part + 1}"
             item.add_marker(pytest.mark.xdist_group(group))
     if hasattr(config, "workerinput"):  # a pytest-xdist worker: they collect, the controller schedules
 
