@@ -136,7 +136,8 @@ DEFAULT_ARGS: dict[str, Any] = {
     # clients' own retries; both are configuration (MLOPS_TASK_RETRIES, ..._RETRY_DELAY_S)
     "retries": int(os.environ.get("MLOPS_TASK_RETRIES", "2")),
     "retry_delay": dt.timedelta(seconds=float(os.environ.get("MLOPS_TASK_RETRY_DELAY_S", "30"))),
-    "retry_exponential_backoff": True,
+    # a multiplier in Airflow 3 (True is 1.0: a constant delay): each retry waits twice as long
+    "retry_exponential_backoff": 2.0,
     "max_retry_delay": dt.timedelta(minutes=10),
     "on_failure_callback": alert_on_failure,
 }

@@ -49,6 +49,27 @@ def test_dagbag_loads_every_dag_without_errors(dagbag) -> None:  # type: ignore[
     assert nightly.params.get_param("date").schema["type"] == ["null", "string"]
 
 
+def test_retries_back_off_exponentially(dagbag) -> None:  # type: ignore[no-untyped-def]
+    """Airflow's own retry clock (the scheduler's TaskInstance.next_retry_datetime) on a step
+    task: each retry waits about twice as long as the one before (Airflow 3 reads
+    ``retry_exponential_backoff`` as a multiplier: ``True`` would be 1.0, a constant delay)."""
+    import datetime as dt
+    import uuid
+
+    from airflow.models.taskinstance import TaskInstance
+
+    task = dagbag.dags["nightly"].get_task("validate")
+    delay = task.retry_delay.total_seconds()
+    ti = TaskInstance(task, run_id="retry-clock", dag_version_id=uuid.uuid4())
+    ended = dt.datetime(2013, 1, 2, 3, 0, tzinfo=dt.UTC)
+    waits = []
+    for try_number in (1, 2, 3):
+        ti.try_number, ti.end_date, ti.logical_date = try_number, ended, ended
+        waits.append((ti.next_retry_datetime() - ended).total_seconds())
+    for n, wait in enumerate(waits):  # [d, 2d), [2d, 4d), [4d, 8d): the deterministic jitter
+        assert delay * 2**n <= wait < delay * 2 ** (n + 1), (n, wait, waits)
+
+
 def test_airflow_dags_show_draws_the_lifecycle(airflow_db) -> None:  # type: ignore[no-untyped-def]
     """Airflow's own command: `airflow dags show` prints the DOT graph of a processed DAG."""
     env = {**os.environ, "MLOPS_PROJECT_DIR": str(REPO)}

@@ -229,8 +229,17 @@ class Profile:
 
     def settle(self) -> None:
         """Wait for `retrain` runs started by an Asset event (a drift breach on a nightly
-        run) to finish, so that nothing else moves dvc.lock or the alias during a check."""
-        time.sleep(10)  # the scheduler creates an asset-triggered run within a few heartbeats
+        run) to finish, so that nothing else moves dvc.lock or the alias during a check.
+        Only a nightly run whose `signal_retraining` task succeeded emitted the event (it is
+        skipped when monitor found no breach): without one there is nothing to wait for."""
+        emitted = False
+        for run in self.api.get("/api/v2/dags/nightly/dagRuns")["dag_runs"]:
+            self.api.wait_run("nightly", run["dag_run_id"], timeout=900)
+            tis = self.api.get(f"/api/v2/dags/nightly/dagRuns/{run['dag_run_id']}/taskInstances")
+            signal = [ti["state"] for ti in tis["task_instances"] if ti["task_id"] == "signal_retraining"]
+            emitted |= "success" in signal
+        if emitted:
+            time.sleep(10)  # the scheduler creates an asset-triggered run within a few heartbeats
         for run in self.api.get("/api/v2/dags/retrain/dagRuns")["dag_runs"]:
             self.api.wait_run("retrain", run["dag_run_id"], timeout=900)
 
@@ -279,9 +288,9 @@ def promql(prometheus: str, query: str) -> list[dict[str, Any]]:
 
 @pytest.mark.timeout(2400)  # a long scenario: Celery runs, two outages, 9 cross-host race trials
 def test_celery_profile_nightly_retrain_s3_and_mlflow_faults(profile_factory: Any) -> None:
-    # a failed task is retried once, after 20-40 s: time enough to see the failure and
-    # start the S3 endpoint again
-    p = profile_factory("local", MLOPS_TASK_RETRIES="1", MLOPS_TASK_RETRY_DELAY_S="20")
+    # a failed task is retried once, after 10-20 s (exponential back-off's jitter): time
+    # enough to see the failure and start the S3 endpoint again
+    p = profile_factory("local", MLOPS_TASK_RETRIES="1", MLOPS_TASK_RETRY_DELAY_S="10")
     # no drift-triggered retrain in the middle of the scenario (it would add a ~3 min run and
     # move the alias between the checks; the real scheduler test covers that path)
     params = p.workspace / "params.yaml"
