@@ -84,19 +84,32 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture(scope="session")
 def january_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A workspace with January 2013 ingested and validated (built once)."""
+    """A workspace with January 2013 ingested and validated, built once per run: under
+    pytest-xdist the first worker to need it builds it in the run's shared temporary folder
+    (the parent of the workers' own) while the others wait on a file lock, then all read it
+    (every test copies it; none writes to it)."""
+    import fcntl
+
     from pipelines.config import Settings, load_params
     from pipelines.source import parse_days
     from pipelines.steps.ingest import ingest
     from pipelines.steps.validate import validate
 
-    root = make_workspace(tmp_path_factory.mktemp("january") / "ws")
-    settings = Settings(project_dir=root)
-    params = load_params(settings)
-    days = parse_days(None, JANUARY)
-    ingest(settings, params, days)
-    validate(settings, params, days)
-    return root
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    folder = shared / "january-template"
+    with open(shared / "january-template.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or the worker dies
+        if not (folder / "built").exists():
+            shutil.rmtree(folder, ignore_errors=True)  # a worker killed while building it
+            root = make_workspace(folder / "ws")
+            settings = Settings(project_dir=root)
+            params = load_params(settings)
+            days = parse_days(None, JANUARY)
+            ingest(settings, params, days)
+            validate(settings, params, days)
+            (folder / "built").touch()
+    return folder / "ws"
 
 
 def train_champion(root: Path) -> None:
@@ -235,6 +248,8 @@ BUILT_ONCE = {
     "tests.code.test_outage.outage": "outage",  # an MLflow server behind a fault proxy, 3 models
     "tests.model.test_gate_intervals.models": "gate-intervals",  # three fitted models
     "tests.model.test_model_behaviour.trained": "model-behaviour",  # a model fitted on January
+    "tests.serving.test_serve.two_versions": "serving",  # a champion and a challenger on January
+    "tests.data.test_bad_batches.served": "bad-batches",  # January served from a landing folder
 }
 
 

@@ -70,7 +70,7 @@ class Api:
             status, run = self.call("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")
             if status == 200 and run["state"] in ("success", "failed"):
                 return run
-            time.sleep(3)
+            time.sleep(1)
         raise AssertionError(f"{dag_id} run {run_id} did not finish in {timeout}s")
 
     def task_states(self, dag_id: str, run_id: str) -> dict[str, str]:
@@ -108,7 +108,7 @@ def running_airflow(workspace: Path, tmp_path: Path, **extra_env: str) -> Iterat
             except OSError:
                 pass
             assert proc.poll() is None, f"airflow.sh exited: {proc.stdout.read() if proc.stdout else ''}"
-            time.sleep(3)
+            time.sleep(1)
         else:
             raise AssertionError("the api-server did not answer /api/v2/monitor/health in 300s")
         api.password = admin_password(home)

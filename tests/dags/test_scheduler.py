@@ -69,7 +69,7 @@ def test_scheduled_nightly_drift_retrain_refusal_kill_rollback_backfill(
     deadline = time.monotonic() + 180
     while api.call("GET", "/api/v2/dags/rollback")[0] != 200:  # parsed by the dag-processor
         assert time.monotonic() < deadline, "DAGs were not parsed in 180s"
-        time.sleep(3)
+        time.sleep(1)
     for dag_id in ("retrain", "rollback", "nightly"):
         status, body = api.call("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": False})
         assert status == 200 and body["is_paused"] is False
@@ -80,7 +80,7 @@ def test_scheduled_nightly_drift_retrain_refusal_kill_rollback_backfill(
     while not (scheduled := [r for r in api.get("/api/v2/dags/nightly/dagRuns")["dag_runs"]
                              if r["run_type"] == "scheduled"]):  # fmt: skip
         assert time.monotonic() < deadline, "unpausing nightly started no scheduled run"
-        time.sleep(3)
+        time.sleep(1)
     run = api.wait_run("nightly", scheduled[0]["dag_run_id"])
     states = api.task_states("nightly", run["dag_run_id"])
     assert run["state"] == "success", (states, _logs(home))
@@ -113,7 +113,7 @@ def test_scheduled_nightly_drift_retrain_refusal_kill_rollback_backfill(
         if triggered:
             break
         assert time.monotonic() < deadline, "no asset-triggered retrain run"
-        time.sleep(3)
+        time.sleep(1)
     retrain = api.wait_run("retrain", triggered[0]["dag_run_id"])
     states = api.task_states("retrain", retrain["dag_run_id"])
     assert retrain["state"] == "success", (states, _logs(home))
@@ -212,7 +212,7 @@ def test_scheduled_nightly_drift_retrain_refusal_kill_rollback_backfill(
         if replayed and all(r["state"] in ("success", "failed") for r in replayed):
             break
         assert time.monotonic() < deadline, f"backfill runs did not finish: {replayed}"
-        time.sleep(5)
+        time.sleep(1)
     assert [r["logical_date"][:10] for r in replayed] == ["2013-01-01"]
     assert replayed[0]["state"] == "success", _logs(home)
     states = api.task_states("nightly", replayed[0]["dag_run_id"])
@@ -289,7 +289,7 @@ def test_deploy_loop_through_the_scheduler(loop_base: tuple[Path, str, str, str]
         deadline = time.monotonic() + 180
         while api.call("GET", "/api/v2/dags/nightly")[0] != 200:
             assert time.monotonic() < deadline, "DAGs were not parsed in 180s"
-            time.sleep(3)
+            time.sleep(1)
         status, body = api.call("PATCH", "/api/v2/dags/nightly", {"is_paused": False})
         assert status == 200 and body["is_paused"] is False  # retrain stays paused: no drift retraining
 

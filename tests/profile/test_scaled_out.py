@@ -132,7 +132,7 @@ class Profile:
         deadline = time.monotonic() + 240
         while any(self.api.call("GET", f"/api/v2/dags/{d}")[0] != 200 for d in ("nightly", "retrain")):
             assert time.monotonic() < deadline, f"DAGs not parsed in 240 s\n{self.logs()}"
-            time.sleep(3)
+            time.sleep(1)
         for dag_id in ("nightly", "retrain"):
             status, body = self.api.call("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": False})
             assert status == 200, body
