@@ -234,10 +234,8 @@ class Profile:
         skipped when monitor found no breach): without one there is nothing to wait for."""
         emitted = False
         for run in self.api.get("/api/v2/dags/nightly/dagRuns")["dag_runs"]:
-            self.api.wait_run("nightly", run["dag_run_id"], timeout=900)
-            tis = self.api.get(f"/api/v2/dags/nightly/dagRuns/{run['dag_run_id']}/taskInstances")
-            signal = [ti["state"] for ti in tis["task_instances"] if ti["task_id"] == "signal_retraining"]
-            emitted |= "success" in signal
+            _, tis = self.finished("nightly", run["dag_run_id"])
+            emitted |= tis.get("signal_retraining", {}).get("state") == "success"
         if emitted:
             time.sleep(10)  # the scheduler creates an asset-triggered run within a few heartbeats
         for run in self.api.get("/api/v2/dags/retrain/dagRuns")["dag_runs"]:
