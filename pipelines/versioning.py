@@ -43,9 +43,13 @@ def run_dvc(
             return run_dvc(root, *args, held=lock, cwd=cwd, env=env)
     cmd = [dvc_executable(), *args]
     fd = held.inheritable_fd()
+    # DVC sends a usage report after every command from a detached process of its own
+    # (a Python start-up and a network call each time) unless told not to: like GX's
+    # analytics and MLflow's telemetry, off unless the caller's environment says otherwise
+    env = {"DVC_NO_ANALYTICS": "1", **(env if env is not None else os.environ)}
     proc = subprocess.Popen(
         cmd, cwd=cwd or root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env=env if env is not None else os.environ.copy(), pass_fds=(fd,) if fd is not None else (),
+        env=env, pass_fds=(fd,) if fd is not None else (),
     )  # fmt: skip
     held.note_child(proc.pid)
     stdout, stderr = proc.communicate()

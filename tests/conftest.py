@@ -28,6 +28,8 @@ JANUARY = "2013-01-01:2013-01-31"
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
+# the tests' own `dvc` calls send no usage reports either (pipelines.versioning.run_dvc)
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 # steps run as `mlops ...` subprocesses by DVC must find the project's environment
 os.environ["PATH"] = f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"
 for leaked in (

@@ -202,3 +202,26 @@ def test_mlops_ends_without_teardown_after_its_exit_handlers(how: str) -> None:
 
     scripts = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts["mlops"] == "pipelines.cli:run"
+
+
+def test_dvc_sends_no_usage_reports(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """DVC reports every command's use from a detached process of its own unless told not to
+    (GX and MLflow are told the same): not from the commands the steps run, whatever the
+    caller's environment, nor from `dvc` typed in this checkout."""
+    import os
+    import subprocess
+
+    from pipelines.versioning import dvc_executable, run_dvc
+
+    monkeypatch.delenv("DVC_NO_ANALYTICS", raising=False)
+    # where a report would go if one were sent: a closed local port, never DVC's server
+    monkeypatch.setenv("DVC_ANALYTICS_ENDPOINT", "http://127.0.0.1:9/")
+    ran = run_dvc(workspace, "status", "-v")
+    assert "Analytics is disabled." in ran.stderr + ran.stdout
+    # the same command in the same workspace, as DVC runs by default: it would report
+    bare = subprocess.run([dvc_executable(), "status", "-v"], cwd=workspace, capture_output=True, text=True,
+                          env={k: v for k, v in os.environ.items() if k != "DVC_NO_ANALYTICS"})  # fmt: skip
+    assert "Analytics is enabled." in bare.stderr + bare.stdout
+    checkout = subprocess.run([dvc_executable(), "config", "core.analytics"], cwd=REPO, capture_output=True,
+                              text=True)  # fmt: skip
+    assert checkout.stdout.strip() == "false", checkout.stderr
