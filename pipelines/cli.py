@@ -106,6 +106,17 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+# No tool this command runs reports usage home, unless the caller's environment says
+# otherwise: GX's analytics, MLflow's telemetry, DVC's analytics (a detached process after
+# every `dvc` command). The step image and the Makefile set the same.
+QUIET = {"GX_ANALYTICS_ENABLED": "false", "MLFLOW_DISABLE_TELEMETRY": "true", "DVC_NO_ANALYTICS": "1"}
+
+
+def quiet_tools() -> None:
+    for name, value in QUIET.items():
+        os.environ.setdefault(name, value)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     logging.basicConfig(
@@ -115,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     for noisy in ("alembic", "urllib3", "git", "mlflow.store.db.utils", "great_expectations"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    quiet_tools()
 
     from pipelines.config import ConfigError, Settings, load_params
     from pipelines.errors import Skipped, StepError

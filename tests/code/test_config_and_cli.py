@@ -225,3 +225,23 @@ def test_dvc_sends_no_usage_reports(workspace: Path, monkeypatch: pytest.MonkeyP
     checkout = subprocess.run([dvc_executable(), "config", "core.analytics"], cwd=REPO, capture_output=True,
                               text=True)  # fmt: skip
     assert checkout.stdout.strip() == "false", checkout.stderr
+
+
+def test_mlops_tells_its_tools_not_to_report_usage(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every `mlops` process sets each tool's opt-out unless its caller set it: its own
+    imports of GX and MLflow, and the `dvc` and step processes it starts, inherit them."""
+    import os
+
+    from pipelines.cli import QUIET, quiet_tools
+
+    assert set(QUIET) == {"GX_ANALYTICS_ENABLED", "MLFLOW_DISABLE_TELEMETRY", "DVC_NO_ANALYTICS"}
+    for name in QUIET:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("DVC_NO_ANALYTICS", "")  # the caller's word wins, even an empty one
+    quiet_tools()
+    assert {name: os.environ[name] for name in QUIET} == {
+        "GX_ANALYTICS_ENABLED": "false", "MLFLOW_DISABLE_TELEMETRY": "true", "DVC_NO_ANALYTICS": ""
+    }  # fmt: skip
+    from mlflow.environment_variables import MLFLOW_DISABLE_TELEMETRY
+
+    assert MLFLOW_DISABLE_TELEMETRY.get() is True, "MLflow reads its opt-out as set"
