@@ -204,7 +204,7 @@ def test_mlops_ends_without_teardown_after_its_exit_handlers(how: str) -> None:
     assert scripts["mlops"] == "pipelines.cli:run"
 
 
-def test_dvc_sends_no_usage_reports(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_dvc_sends_no_usage_reports(workspace: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """DVC reports every command's use from a detached process of its own unless told not to
     (GX and MLflow are told the same): not from the commands the steps run, whatever the
     caller's environment, nor from `dvc` typed in this checkout."""
@@ -218,9 +218,11 @@ def test_dvc_sends_no_usage_reports(workspace: Path, monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("DVC_ANALYTICS_ENDPOINT", "http://127.0.0.1:9/")
     ran = run_dvc(workspace, "status", "-v")
     assert "Analytics is disabled." in ran.stderr + ran.stdout
-    # the same command in the same workspace, as DVC runs by default: it would report
+    # the same command in the same workspace, as DVC runs by default: it would report (its
+    # report file goes to the test's own folder: where the network is closed it stays)
     bare = subprocess.run([dvc_executable(), "status", "-v"], cwd=workspace, capture_output=True, text=True,
-                          env={k: v for k, v in os.environ.items() if k != "DVC_NO_ANALYTICS"})  # fmt: skip
+                          env={**{k: v for k, v in os.environ.items() if k != "DVC_NO_ANALYTICS"},
+                               "TMPDIR": str(tmp_path)})  # fmt: skip
     assert "Analytics is enabled." in bare.stderr + bare.stdout
     checkout = subprocess.run([dvc_executable(), "config", "core.analytics"], cwd=REPO, capture_output=True,
                               text=True)  # fmt: skip
