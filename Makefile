@@ -10,7 +10,6 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export GX_ANALYTICS_ENABLED := false
 export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
-export DVC_NO_ANALYTICS := 1
 
 DEMO_DATES ?= 2013-01-01:2013-01-31
 PYTEST_ARGS ?=

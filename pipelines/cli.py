@@ -107,9 +107,9 @@ def _jsonable(value: Any) -> Any:
 
 
 # No tool this command runs reports usage home, unless the caller's environment says
-# otherwise: GX's analytics, MLflow's telemetry, DVC's analytics (a detached process after
-# every `dvc` command). The step image and the Makefile set the same.
-QUIET = {"GX_ANALYTICS_ENABLED": "false", "MLFLOW_DISABLE_TELEMETRY": "true", "DVC_NO_ANALYTICS": "1"}
+# otherwise: GX's analytics and MLflow's telemetry (DVC's analytics: pipelines.versioning.run_dvc,
+# which every `dvc` the steps run goes through). The step image and the Makefile set the same.
+QUIET = {"GX_ANALYTICS_ENABLED": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
 
 
 def quiet_tools() -> None:

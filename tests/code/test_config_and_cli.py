@@ -220,30 +220,36 @@ def test_dvc_sends_no_usage_reports(workspace: Path, tmp_path: Path, monkeypatch
     assert "Analytics is disabled." in ran.stderr + ran.stdout
     # the same command in the same workspace, as DVC runs by default: it would report (its
     # report file goes to the test's own folder: where the network is closed it stays)
-    bare = subprocess.run([dvc_executable(), "status", "-v"], cwd=workspace, capture_output=True, text=True,
-                          env={**{k: v for k, v in os.environ.items() if k != "DVC_NO_ANALYTICS"},
-                               "TMPDIR": str(tmp_path)})  # fmt: skip
+    bare = subprocess.run(
+        [dvc_executable(), "status", "-v"],
+        cwd=workspace,
+        capture_output=True,
+        text=True,
+        env={**{k: v for k, v in os.environ.items() if k != "DVC_NO_ANALYTICS"}, "TMPDIR": str(tmp_path)},
+    )
     assert "Analytics is enabled." in bare.stderr + bare.stdout
-    checkout = subprocess.run([dvc_executable(), "config", "core.analytics"], cwd=REPO, capture_output=True,
-                              text=True)  # fmt: skip
+    checkout = subprocess.run(
+        [dvc_executable(), "config", "core.analytics"], cwd=REPO, capture_output=True, text=True
+    )
     assert checkout.stdout.strip() == "false", checkout.stderr
 
 
 def test_mlops_tells_its_tools_not_to_report_usage(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every `mlops` process sets each tool's opt-out unless its caller set it: its own
-    imports of GX and MLflow, and the `dvc` and step processes it starts, inherit them."""
+    """Every `mlops` process sets GX's and MLflow's opt-outs unless its caller set them: its
+    own imports of GX and MLflow, and the step processes it starts, inherit them."""
     import os
 
     from pipelines.cli import QUIET, quiet_tools
 
-    assert set(QUIET) == {"GX_ANALYTICS_ENABLED", "MLFLOW_DISABLE_TELEMETRY", "DVC_NO_ANALYTICS"}
+    assert set(QUIET) == {"GX_ANALYTICS_ENABLED", "MLFLOW_DISABLE_TELEMETRY"}
     for name in QUIET:
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("DVC_NO_ANALYTICS", "")  # the caller's word wins, even an empty one
+    monkeypatch.setenv("GX_ANALYTICS_ENABLED", "true")  # the caller's word wins
     quiet_tools()
     assert {name: os.environ[name] for name in QUIET} == {
-        "GX_ANALYTICS_ENABLED": "false", "MLFLOW_DISABLE_TELEMETRY": "true", "DVC_NO_ANALYTICS": ""
-    }  # fmt: skip
+        "GX_ANALYTICS_ENABLED": "true",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+    }
     from mlflow.environment_variables import MLFLOW_DISABLE_TELEMETRY
 
     assert MLFLOW_DISABLE_TELEMETRY.get() is True, "MLflow reads its opt-out as set"
