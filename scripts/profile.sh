@@ -121,7 +121,9 @@ PY
   # basic-auth: registry tags and aliases are not open to whoever reaches the port. Each
   # request's password check is a scrypt hash (~0.1-0.2 s of CPU): without the credential
   # cache a serving API polling the alias and the steps' artifact downloads kept the server
-  # at ~90% of a core; cached, a credential is hashed once a minute
+  # at ~90% of a core; cached, a credential is hashed once a minute.
+  # MLflow's server job runner (GenAI scorers, prompt optimization, trace roll-ups; none of
+  # them used here) is off: it started eight more processes, ~2 GB of memory and ~15 s of CPU
   (umask 077; cat > "$state/mlflow-auth.ini" <<INI
 [mlflow]
 default_permission = READ
@@ -132,7 +134,7 @@ auth_cache_ttl_seconds = 60
 INI
   )
   alive mlflow || MLFLOW_AUTH_CONFIG_PATH=$state/mlflow-auth.ini MLFLOW_AUTH_ADMIN_PASSWORD=$mlflow_password \
-    MLFLOW_FLASK_SERVER_SECRET_KEY=$mlflow_secret_key \
+    MLFLOW_FLASK_SERVER_SECRET_KEY=$mlflow_secret_key MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false \
     MLFLOW_BACKEND_STORE_URI="${pg/postgresql:/postgresql+psycopg2:}/${name}_mlflow" \
     launch mlflow mlflow server --host 127.0.0.1 --port "$mlflow_port" --workers 1 --app-name basic-auth \
     --artifacts-destination "s3://$bucket/mlflow" --serve-artifacts

@@ -68,6 +68,8 @@ class MlflowServer:
                  "--workers", "1", "--backend-store-uri", f"sqlite:///{folder / 'server.db'}",
                  "--artifacts-destination", (folder / "artifacts").as_uri(), "--serve-artifacts"],
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                # as the profile and compose run it: without MLflow's job runner (unused here)
+                env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
             )  # fmt: skip
         deadline = time.monotonic() + 240
         while True:

@@ -316,6 +316,12 @@ def test_celery_profile_nightly_retrain_s3_and_mlflow_faults(profile_factory: An
             without_login.delenv(key)
         with pytest.raises(MlflowException, match="401"):
             p.registry().set_registered_model_alias(MODEL, "champion", "1")
+    # the server runs without MLflow's job runner (its huey consumers were eight more
+    # processes, ~2 GB of memory): its session holds the CLI and the uvicorn worker only
+    server = int((p.state / "mlflow.pid").read_text())
+    ps = subprocess.run(["ps", "-eo", "sid=,args="], capture_output=True, text=True, check=True).stdout
+    session = [line.split(None, 1)[1] for line in ps.splitlines() if int(line.split()[0]) == server]
+    assert session and not [a for a in session if "mlflow.server.jobs" in a], session
 
     # the serving API of the profile picks the champion up from the server's registry and
     # logs what it serves to the bucket
