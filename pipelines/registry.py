@@ -195,6 +195,12 @@ class Registry:
     def model_uri(self, version: Version) -> str:
         return f"models:/{self.name}/{version.version}"
 
+    def download_uri(self, version: str) -> str:
+        """Where ``models:/<name>/<version>``'s artifact lives (what MLflow's loader resolves)."""
+        return str(
+            self._call("resolve a version", self.client.get_model_version_download_uri, self.name, version)
+        )
+
     @property
     def audit_log(self) -> AuditLog:
         if self._audit is None:

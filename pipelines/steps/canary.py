@@ -100,7 +100,7 @@ def graduate(
     assert version is not None
     started = _last_canary_move(registry, canary, "canary") or {}
     try:
-        infra = check(settings, registry.name, canary, float(params.get("promote.infra_timeout_s")))
+        infra = check(registry, canary, float(params.get("promote.infra_timeout_s")))
         infra.pop("predictions", None)
     except InfraRefused as exc:
         registry.refuse_infra(canary, registry.aliases().get(CHAMPION), "canary promote", str(exc))

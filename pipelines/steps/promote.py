@@ -198,7 +198,7 @@ def promote_if_blessed(settings: Settings, params: Params, run_id: str | None = 
     infra_error: InfraRefused | None = None
     if will_move:
         try:
-            infra = check(settings, registry.name, version.version, float(cfg["infra_timeout_s"]))
+            infra = check(registry, version.version, float(cfg["infra_timeout_s"]))
             infra.pop("predictions", None)
         except InfraRefused as exc:
             infra_error = exc

@@ -54,7 +54,7 @@ def rollback(settings: Settings, params: Params) -> dict[str, Any]:
     infra: dict[str, Any] | None = None
     if registry.aliases().get(CHAMPION) != target:
         try:
-            infra = check(settings, registry.name, target, float(params.get("promote.infra_timeout_s")))
+            infra = check(registry, target, float(params.get("promote.infra_timeout_s")))
             infra.pop("predictions", None)
         except InfraRefused as exc:
             registry.refuse_infra(target, expected, "rollback", str(exc))

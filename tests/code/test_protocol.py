@@ -154,6 +154,50 @@ def test_a_broken_artifact_never_becomes_champion_and_serve_says_wanted_vs_loade
         assert http.get("/ready").status_code == 200
 
 
+def test_the_infra_check_loads_what_the_registry_resolves_without_the_store(states, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The promoting process resolves the version to its artifact; the fresh child loads that
+    artifact and predicts what MLflow's own ``models:/`` loader predicts, without reaching the
+    tracking store (here: a closed port), which it no longer opens (~1 s of each check)."""
+    import os
+    import subprocess
+    import sys
+
+    import mlflow
+    import numpy as np
+
+    from pipelines.config import Settings
+    from pipelines.infra import check
+    from pipelines.registry import Registry
+
+    ws = clone_workspace(states["rollback"][0], tmp_path / "ws")  # v1 and v2
+    registry = Registry(Settings(project_dir=ws), NAME)
+    predicted = {}
+    for version in ("1", "2"):
+        result = check(registry, version, 300)
+        predicted[version] = result["predictions"]
+        assert result["ok"] and result["model"] == f"models:/{NAME}/{version}", result
+        assert result["artifact"] == registry.download_uri(version), result  # loaded as resolved here
+        model = mlflow.pyfunc.load_model(f"models:/{NAME}/{version}")
+        expected = np.asarray(model.predict(model.input_example), dtype="float64")
+        assert result["predictions"] == [
+            round(float(v), 6) for v in expected.reshape(len(expected), -1)[:, -1]
+        ]
+    location = registry.download_uri("2")
+    assert location.startswith("file://") and "mlartifacts" in location, location
+    closed = {**os.environ, "MLFLOW_TRACKING_URI": "http://127.0.0.1:9", "MLFLOW_REGISTRY_URI": "http://127.0.0.1:9",
+              "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}  # fmt: skip
+    child = subprocess.run([sys.executable, "-m", "pipelines.infra", f"models:/{NAME}/2", location], env=closed,
+                           capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert child.returncode == 0, child.stderr[-2000:]
+    assert json.loads(child.stdout.splitlines()[-1])["predictions"] == predicted["2"]
+    # the models:/ URI alone needs the registry: the same child, unresolved, cannot load it
+    unresolved = subprocess.run([sys.executable, "-m", "pipelines.infra", f"models:/{NAME}/2"], env=closed,
+                                capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert unresolved.returncode == 1 and f"cannot load models:/{NAME}/2" in unresolved.stderr, (
+        unresolved.stderr
+    )
+
+
 def test_a_rolled_back_model_stays_rolled_back_until_forced(states, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     ws = clone_workspace(states["rollback"][0], tmp_path / "ws")  # v2 (random_state=7) is champion
     ok(mlops(ws, "rollback", "--expect", "2", "--reason", "v2 sends everyone to the gate late"))
