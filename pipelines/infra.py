@@ -59,6 +59,13 @@ def check(registry: Registry, version: str, timeout_s: float) -> dict[str, Any]:
     return result
 
 
+def recorded(result: dict[str, Any]) -> dict[str, Any]:
+    """What a move's audit record keeps of a check: its timings, not the predictions nor the
+    artifact's location (a path on this machine: the version names the artifact, and the
+    hash-chained record must verify wherever the project folder is copied)."""
+    return {k: v for k, v in result.items() if k not in ("predictions", "artifact")}
+
+
 def _main(uri: str, location: str | None = None) -> int:
     """Load ``location`` (the artifact ``uri`` resolves to; ``uri`` itself when not given) and
     predict on its input example; ``uri`` names the model in every message."""

@@ -24,7 +24,7 @@ from typing import Any
 from pipelines import faults
 from pipelines.config import ConfigError, Params, Settings
 from pipelines.errors import StepError
-from pipelines.infra import InfraRefused, check
+from pipelines.infra import InfraRefused, check, recorded
 from pipelines.registry import CHAMPION, CanaryMove, Move, Registry
 
 log = logging.getLogger(__name__)
@@ -100,8 +100,7 @@ def graduate(
     assert version is not None
     started = _last_canary_move(registry, canary, "canary") or {}
     try:
-        infra = check(registry, canary, float(params.get("promote.infra_timeout_s")))
-        infra.pop("predictions", None)
+        infra = recorded(check(registry, canary, float(params.get("promote.infra_timeout_s"))))
     except InfraRefused as exc:
         registry.refuse_infra(canary, registry.aliases().get(CHAMPION), "canary promote", str(exc))
         raise

@@ -28,7 +28,7 @@ from typing import Any
 from pipelines import faults
 from pipelines.config import Params, Settings
 from pipelines.errors import Skipped, StepError
-from pipelines.infra import InfraRefused, check
+from pipelines.infra import InfraRefused, check, recorded
 from pipelines.layout import Layout
 from pipelines.registry import CHAMPION, CanaryMove, Move, Registry, rolled_back
 
@@ -198,8 +198,7 @@ def promote_if_blessed(settings: Settings, params: Params, run_id: str | None = 
     infra_error: InfraRefused | None = None
     if will_move:
         try:
-            infra = check(registry, version.version, float(cfg["infra_timeout_s"]))
-            infra.pop("predictions", None)
+            infra = recorded(check(registry, version.version, float(cfg["infra_timeout_s"])))
         except InfraRefused as exc:
             infra_error = exc
         faults.point("promote.infra-checked")

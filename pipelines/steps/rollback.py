@@ -17,7 +17,7 @@ from typing import Any
 from pipelines import faults
 from pipelines.config import ConfigError, Params, Settings
 from pipelines.errors import StepError
-from pipelines.infra import InfraRefused, check
+from pipelines.infra import InfraRefused, check, recorded
 from pipelines.registry import CHAMPION, Move, Registry, previous_champion
 
 log = logging.getLogger(__name__)
@@ -54,8 +54,7 @@ def rollback(settings: Settings, params: Params) -> dict[str, Any]:
     infra: dict[str, Any] | None = None
     if registry.aliases().get(CHAMPION) != target:
         try:
-            infra = check(registry, target, float(params.get("promote.infra_timeout_s")))
-            infra.pop("predictions", None)
+            infra = recorded(check(registry, target, float(params.get("promote.infra_timeout_s"))))
         except InfraRefused as exc:
             registry.refuse_infra(target, expected, "rollback", str(exc))
             raise
