@@ -42,8 +42,13 @@ def check(registry: Registry, version: str, timeout_s: float) -> dict[str, Any]:
            "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}  # fmt: skip
     started = time.monotonic()
     try:
-        proc = subprocess.run([sys.executable, "-m", "pipelines.infra", uri, location], env=env, capture_output=True,
-                              text=True, timeout=timeout_s)  # fmt: skip
+        proc = subprocess.run(
+            [sys.executable, "-m", "pipelines.infra", uri, location],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+        )
     except subprocess.TimeoutExpired:
         raise InfraRefused(
             f"infra check refused v{version}: it did not load and predict within {timeout_s:.0f} s "
@@ -100,8 +105,16 @@ def _main(uri: str, location: str | None = None) -> int:
             file=sys.stderr,
         )
         return 1
-    print(json.dumps({"ok": True, "model": uri, "artifact": location or uri, "rows": len(example), "load_s": round(loaded - started, 2),
-                      "predict_s": round(time.monotonic() - loaded, 3), "predictions": [round(float(v), 6) for v in values]}))  # fmt: skip
+    result = {
+        "ok": True,
+        "model": uri,
+        "artifact": location or uri,
+        "rows": len(example),
+        "load_s": round(loaded - started, 2),
+        "predict_s": round(time.monotonic() - loaded, 3),
+        "predictions": [round(float(v), 6) for v in values],
+    }
+    print(json.dumps(result))
     return 0
 
 

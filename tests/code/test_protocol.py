@@ -184,15 +184,30 @@ def test_the_infra_check_loads_what_the_registry_resolves_without_the_store(stat
         ]
     location = registry.download_uri("2")
     assert location.startswith("file://") and "mlartifacts" in location, location
-    closed = {**os.environ, "MLFLOW_TRACKING_URI": "http://127.0.0.1:9", "MLFLOW_REGISTRY_URI": "http://127.0.0.1:9",
-              "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}  # fmt: skip
-    child = subprocess.run([sys.executable, "-m", "pipelines.infra", f"models:/{NAME}/2", location], env=closed,
-                           capture_output=True, text=True, timeout=300)  # fmt: skip
+    closed = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": "http://127.0.0.1:9",
+        "MLFLOW_REGISTRY_URI": "http://127.0.0.1:9",
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
+    }
+    child = subprocess.run(
+        [sys.executable, "-m", "pipelines.infra", f"models:/{NAME}/2", location],
+        env=closed,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert child.returncode == 0, child.stderr[-2000:]
     assert json.loads(child.stdout.splitlines()[-1])["predictions"] == predicted["2"]
     # the models:/ URI alone needs the registry: the same child, unresolved, cannot load it
-    unresolved = subprocess.run([sys.executable, "-m", "pipelines.infra", f"models:/{NAME}/2"], env=closed,
-                                capture_output=True, text=True, timeout=300)  # fmt: skip
+    unresolved = subprocess.run(
+        [sys.executable, "-m", "pipelines.infra", f"models:/{NAME}/2"],
+        env=closed,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert unresolved.returncode == 1 and f"cannot load models:/{NAME}/2" in unresolved.stderr, (
         unresolved.stderr
     )
