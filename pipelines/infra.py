@@ -51,7 +51,7 @@ def check(registry: Registry, version: str, timeout_s: float) -> dict[str, Any]:
         )
     except subprocess.TimeoutExpired:
         raise InfraRefused(
-            f"infra check refused v{version}: it did not load and predict within {timeout_s:.0f} s "
+            f"infra check refused v{version}: it did not load and predict within {timeout_s:g} s "
             "(promote.infra_timeout_s)"
         ) from None
     if proc.returncode != 0:
@@ -62,6 +62,27 @@ def check(registry: Registry, version: str, timeout_s: float) -> dict[str, Any]:
     result = dict(json.loads(proc.stdout.strip().splitlines()[-1]))
     result["seconds"] = round(time.monotonic() - started, 2)
     return result
+
+
+def admitted(
+    registry: Registry,
+    version: str,
+    timeout_s: float,
+    champion: str | None,
+    wanted: str,
+    records: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """:func:`check` for a move of ``champion`` to ``version``: what the move's record keeps of
+    it, or the refusal recorded in the audit log (under the lock when the caller holds it and
+    passes :meth:`Registry.recover`'s ``records``) and raised."""
+    try:
+        return recorded(check(registry, version, timeout_s))
+    except InfraRefused as exc:
+        if records is None:
+            registry.refuse_infra(version, champion, wanted, str(exc))
+        else:
+            registry.refuse_infra_locked(records, version, champion, wanted, str(exc))
+        raise
 
 
 def recorded(result: dict[str, Any]) -> dict[str, Any]:

@@ -214,6 +214,21 @@ class Registry:
         model = self.model()
         return dict(model.tags) if model is not None else None
 
+    def recorded_unfinished(self, action: str, target: str, **fields: Any) -> bool:
+        """Whether the audit log's newest record is ``action`` to ``target`` (with these
+        ``fields``: ``from``, ``share``) and the registry does not show it complete (its MLflow mirror is missing): what a mover
+        killed after writing its record leaves, and the next mover completes (:meth:`recover`).
+        Such a move was admitted when it was recorded (its record holds the infra check it
+        passed), so a re-run completes it and does not judge it again. Read without the lock:
+        a mover that relies on it confirms under the lock that the move is what happened.
+        (Every record is appended under the lock after :meth:`recover`, so an unfinished move
+        can only be the newest record.)"""
+        records = self.audit_records()
+        newest = records[-1] if records else {}
+        if any(newest.get(k) != v for k, v in {"action": action, "to": target, **fields}.items()):
+            return False
+        return (self.mirror() or {}).get(mirror_key(newest["seq"])) != mirror_value(newest)
+
     # -- the lock --------------------------------------------------------------------------
     def lock(self) -> contextlib.AbstractContextManager[HeldLock]:
         timeout = lock_timeout(REGISTRY_LOCK_TIMEOUT_S)
@@ -280,9 +295,14 @@ class Registry:
     def refuse_infra(self, version: str, champion: str | None, wanted: str, reason: str) -> None:
         """Record that ``version`` failed its infra check before a move (takes the lock)."""
         with self.lock():
-            records = self.recover()
-            self.record("infra-refused", {"version": version, "champion": champion, "wanted": wanted,
-                                          "reason": reason}, records[-1] if records else None)  # fmt: skip
+            self.refuse_infra_locked(self.recover(), version, champion, wanted, reason)
+
+    def refuse_infra_locked(
+        self, records: list[dict[str, Any]], version: str, champion: str | None, wanted: str, reason: str
+    ) -> None:
+        """:meth:`refuse_infra` for a caller that holds the lock and passes :meth:`recover`'s records."""
+        self.record("infra-refused", {"version": version, "champion": champion, "wanted": wanted,
+                                      "reason": reason}, records[-1] if records else None)  # fmt: skip
 
     def _mirror(self, record: dict[str, Any]) -> None:
         self._call("mirror the audit record", self.client.set_registered_model_tag, self.name,

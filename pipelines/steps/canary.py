@@ -24,7 +24,7 @@ from typing import Any
 from pipelines import faults
 from pipelines.config import ConfigError, Params, Settings
 from pipelines.errors import StepError
-from pipelines.infra import InfraRefused, check, recorded
+from pipelines.infra import admitted
 from pipelines.registry import CHAMPION, CanaryMove, Move, Registry
 
 log = logging.getLogger(__name__)
@@ -99,14 +99,25 @@ def graduate(
     version = registry.get(canary)
     assert version is not None
     started = _last_canary_move(registry, canary, "canary") or {}
-    try:
-        infra = recorded(check(registry, canary, float(params.get("promote.infra_timeout_s"))))
-    except InfraRefused as exc:
-        registry.refuse_infra(canary, registry.aliases().get(CHAMPION), "canary promote", str(exc))
-        raise
-    faults.point("canary-promote.infra-checked")
+    timeout_s = float(params.get("promote.infra_timeout_s"))
+
+    # checked in a fresh process first, unless the graduation is recorded already (a re-run
+    # after a kill: its record holds the check that admitted it; the lock's recovery completes it)
+    unfinished = registry.recorded_unfinished("promote", canary, canary=canary)
+    infra = (
+        None
+        if unfinished
+        else admitted(registry, canary, timeout_s, registry.aliases().get(CHAMPION), "canary promote")
+    )
+    if not unfinished:
+        faults.point("canary-promote.infra-checked")
     with registry.lock():
         records = registry.recover()
+        if unfinished and registry.aliases().get(CHAMPION) != canary:
+            # the registry moved otherwise while this re-run waited for the lock: judge the move now
+            infra = admitted(
+                registry, canary, timeout_s, registry.aliases().get(CHAMPION), "canary promote", records
+            )
         champion = registry.aliases().get(CHAMPION)
         outcome = registry.move_locked(Move("promote", canary, champion, reason, bool(started.get("forced")), {
             "canary": canary, "gate": started.get("gate"), "infra": infra,

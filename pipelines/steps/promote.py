@@ -30,7 +30,7 @@ from pipelines.config import Params, Settings
 from pipelines.errors import Skipped, StepError
 from pipelines.infra import InfraRefused, check, recorded
 from pipelines.layout import Layout
-from pipelines.registry import CHAMPION, CanaryMove, Move, Registry, rolled_back
+from pipelines.registry import CANARY, CHAMPION, CanaryMove, Move, Registry, rolled_back
 
 log = logging.getLogger(__name__)
 
@@ -189,23 +189,32 @@ def promote_if_blessed(settings: Settings, params: Params, run_id: str | None = 
               "champion_before": expected, "forced": forced, "changed": False, "to": cfg["to"]}  # fmt: skip
 
     # infra validation before taking the lock (it takes seconds); skipped when there is
-    # nothing to move (refused, or already the champion: a re-run)
+    # nothing to move (refused, or already the champion: a re-run), and when this move is
+    # recorded already (a re-run after a kill: the record holds the check that admitted it,
+    # and the lock's recovery completes it)
     aliases = registry.aliases()
+    slot = CANARY if to_canary else CHAMPION
     will_move = (gate["blessed"] or forced) and aliases.get(CHAMPION) != version.version
     if to_canary:
-        will_move = will_move and aliases.get("canary") != version.version
+        will_move = will_move and aliases.get(CANARY) != version.version
+    share = float(params.get("canary.share")) if to_canary else None
+    unfinished = will_move and (
+        registry.recorded_unfinished("canary", version.version, share=share)
+        if to_canary
+        else registry.recorded_unfinished("promote", version.version)
+    )
     infra: dict[str, Any] | None = None
     infra_error: InfraRefused | None = None
-    if will_move:
-        try:
-            infra = recorded(check(registry, version.version, float(cfg["infra_timeout_s"])))
-        except InfraRefused as exc:
-            infra_error = exc
+    if will_move and not unfinished:
+        infra, infra_error = _infra(registry, version.version, cfg)
         faults.point("promote.infra-checked")
 
     with registry.lock():
         faults.point("promote.locked")
         records = registry.recover()
+        if unfinished and registry.aliases().get(slot) != version.version:
+            # the registry moved otherwise while this re-run waited for the lock: judge the move now
+            infra, infra_error = _infra(registry, version.version, cfg)
         record_verdict(candidate, records, expected)  # the registration, and a refusal of the gate, once
         if not gate["blessed"] and not forced:
             raise Skipped(
@@ -231,8 +240,7 @@ def promote_if_blessed(settings: Settings, params: Params, run_id: str | None = 
             )
 
         why = reason or f"gate blessed run {trained['run_id']} ({len(gate['checks'])} checks)"
-        if to_canary:
-            share = float(params.get("canary.share"))
+        if share is not None:
             canary_outcome = registry.move_canary_locked(
                 CanaryMove("canary", version.version, registry.canary()[0], why, share,
                            {"gate": gate_info, "infra": infra, "fingerprint": fingerprint, "forced": forced}),
@@ -261,6 +269,16 @@ def promote_if_blessed(settings: Settings, params: Params, run_id: str | None = 
         log.info("promote: nothing to do, v%s is already the champion (record %d, %s by %s)", version.version,
                  outcome.record["seq"], outcome.record["at"], outcome.record["actor"]["name"])  # fmt: skip
     return result
+
+
+def _infra(
+    registry: Registry, version: str, cfg: dict[str, Any]
+) -> tuple[dict[str, Any] | None, InfraRefused | None]:
+    """The infra check's record, or its refusal (raised once the refusal is recorded, under the lock)."""
+    try:
+        return recorded(check(registry, version, float(cfg["infra_timeout_s"]))), None
+    except InfraRefused as exc:
+        return None, exc
 
 
 def _notify(title: str, result: dict[str, Any]) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 from pipelines import faults
 from pipelines.config import ConfigError, Params, Settings
 from pipelines.errors import StepError
-from pipelines.infra import InfraRefused, check, recorded
+from pipelines.infra import admitted
 from pipelines.registry import CHAMPION, Move, Registry, previous_champion
 
 log = logging.getLogger(__name__)
@@ -51,18 +51,27 @@ def rollback(settings: Settings, params: Params) -> dict[str, Any]:
     if replaced is None:
         raise StepError(f"model {registry.name!r} has no version {expected!r} (--expect)")
 
+    timeout_s = float(params.get("promote.infra_timeout_s"))
+
+    # the target loads and predicts in a fresh process first, unless there is nothing to move
+    # or this rollback is recorded already (a re-run after a kill: its record holds the check
+    # that admitted it, and the lock's recovery completes it)
+    will_move = registry.aliases().get(CHAMPION) != target
+    unfinished = will_move and registry.recorded_unfinished("rollback", target, **{"from": expected})
     infra: dict[str, Any] | None = None
-    if registry.aliases().get(CHAMPION) != target:
-        try:
-            infra = recorded(check(registry, target, float(params.get("promote.infra_timeout_s"))))
-        except InfraRefused as exc:
-            registry.refuse_infra(target, expected, "rollback", str(exc))
-            raise
+    if will_move and not unfinished:
+        infra = admitted(registry, target, timeout_s, expected, "rollback")
         faults.point("rollback.infra-checked")
-    outcome = registry.move(Move("rollback", target, expected, reason, details={
-        "infra": infra, "fingerprint_from": replaced.tags.get("mlops.fingerprint", ""),
-        "fingerprint": chosen.tags.get("mlops.fingerprint", ""),
-    }))  # fmt: skip
+    with registry.lock():
+        faults.point("rollback.locked")
+        records = registry.recover()
+        if unfinished and registry.aliases().get(CHAMPION) != target:
+            # the registry moved otherwise while this re-run waited for the lock: judge the move now
+            infra = admitted(registry, target, timeout_s, expected, "rollback", records)
+        outcome = registry.move_locked(Move("rollback", target, expected, reason, details={
+            "infra": infra, "fingerprint_from": replaced.tags.get("mlops.fingerprint", ""),
+            "fingerprint": chosen.tags.get("mlops.fingerprint", ""),
+        }), records)  # fmt: skip
     if outcome.changed:
         log.info("rollback: champion v%s -> v%s (%s)", expected, target, reason)
         from pipelines.notify import make_notifier

@@ -109,6 +109,96 @@ def test_killed_at_a_boundary_then_run_again(
     check(ws, command, params_before)
 
 
+RECORDED = [("promote", "audit.promote.appended"), ("rollback", "rollback.recorded"),
+            ("canary", "audit.canary.appended"), ("canary-promote", "promote.recorded")]  # fmt: skip
+
+
+@pytest.mark.parametrize(("command", "point"), RECORDED, ids=[f"{c}@{p}" for c, p in RECORDED])
+def test_a_recorded_move_is_completed_not_judged_again(
+    states: dict[str, tuple[Path, list[str]]], tmp_path: Path, command: str, point: str
+) -> None:
+    """I4 for a move killed after its record was written: the record holds the infra check
+    that admitted the move, so the re-run completes it without a second check. A check that
+    would fail now (here a budget of 1 ms, as a slow or briefly unreachable artifact store
+    gives) neither fails the re-run nor appends a refusal after the move it completes."""
+    template, argv = states[command]
+    ws = clone_workspace(template, tmp_path / "ws")
+    params_before = (ws / "params.yaml").read_bytes()
+    env = environment(ws, command)
+    killed = mlops(ws, *argv, env={**env, "MLOPS_TEST_KILL_AT": point})
+    assert killed.returncode == -signal.SIGKILL, (killed.returncode, killed.stderr[-2000:])
+    again = mlops(ws, *argv, "--set", "promote.infra_timeout_s=0.001", env=env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "infra check" not in again.stderr, again.stderr[-3000:]
+    check(ws, command, params_before)
+    from pipelines.config import Settings
+    from pipelines.registry import Registry
+
+    records = Registry(Settings(project_dir=ws), NAME).audit_records()
+    assert [r["action"] for r in records if r["action"] == "infra-refused"] == []
+    # the budget is in force: a move not yet recorded is still checked, and refused
+    if command == "promote":
+        rolled = mlops(
+            ws,
+            "rollback",
+            "--expect",
+            "2",
+            "--reason",
+            "drill",
+            "--set",
+            "promote.infra_timeout_s=0.001",
+            env=env,
+        )
+        assert rolled.returncode == 1 and "infra check refused v1" in rolled.stderr, rolled.stderr[-2000:]
+
+
+def test_a_re_run_that_finds_the_registry_moved_meanwhile_judges_the_move(
+    states: dict[str, tuple[Path, list[str]]], tmp_path: Path
+) -> None:
+    """The re-run above reads "my move is recorded" before it takes the lock. If, while it
+    waits for the lock, another mover completes that move and the champion is moved back
+    (here by hand in MLflow, which the next mover records as external), the move it then
+    makes is a new one: it is checked under the lock, never made unchecked."""
+    import mlflow
+
+    from pipelines.config import Settings
+    from pipelines.registry import CHAMPION, Registry
+
+    template, argv = states["promote"]
+    ws = clone_workspace(template, tmp_path / "ws")
+    env = environment(ws, "promote")
+    killed = mlops(ws, *argv, env={**env, "MLOPS_TEST_KILL_AT": "audit.promote.appended"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    registry = Registry(Settings(project_dir=ws), NAME)
+    log = tmp_path / "rerun.log"
+    with registry.lock(), open(log, "w") as stderr:
+        rerun = subprocess.Popen(
+            [str(VENV_BIN / "mlops"), *argv, "--set", "promote.infra_timeout_s=0.001"],
+            cwd=ws,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+        deadline = time.monotonic() + 300
+        while "waiting for the registry" not in log.read_text():  # it read the record, then blocked
+            assert rerun.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
+            time.sleep(0.2)
+        registry.recover()  # another mover completes the recorded promotion ...
+        assert registry.aliases()[CHAMPION] == "2"
+        mlflow.MlflowClient(registry.settings.mlflow_uri).set_registered_model_alias(
+            NAME, CHAMPION, "1"
+        )  # ... undone
+    assert rerun.wait(timeout=300) == 1, log.read_text()[-2000:]
+    assert "failed: infra check refused v2" in log.read_text().strip().splitlines()[-1]
+    records = registry.audit_records()
+    assert [r["action"] for r in records[-2:]] == ["external", "infra-refused"]
+    assert registry.aliases()[CHAMPION] == "1", "no move without its check"
+    done = ok(mlops(ws, *argv, env=env))  # with the check's usual budget: moved, checked
+    assert done["changed"] is True and done["champion"] == "2"
+    last = registry.audit_records()[-1]
+    assert last["action"] == "promote" and last["infra"]["ok"] is True, last
+
+
 def check(ws: Path, command: str, params_before: bytes) -> None:
     """The invariants after a command completed (however many times it was interrupted)."""
     import mlflow
