@@ -177,6 +177,7 @@ def test_the_infra_check_loads_what_the_registry_resolves_without_the_store(stat
         predicted[version] = result["predictions"]
         assert result["ok"] and result["model"] == f"models:/{NAME}/{version}", result
         assert result["artifact"] == registry.download_uri(version), result  # loaded as resolved here
+        assert result["mismatched"] == [], result  # logged in this environment
         model = mlflow.pyfunc.load_model(f"models:/{NAME}/{version}")
         expected = np.asarray(model.predict(model.input_example), dtype="float64")
         assert result["predictions"] == [
@@ -211,6 +212,46 @@ def test_the_infra_check_loads_what_the_registry_resolves_without_the_store(stat
     assert unresolved.returncode == 1 and f"cannot load models:/{NAME}/2" in unresolved.stderr, (
         unresolved.stderr
     )
+
+
+def test_the_infra_check_names_what_differs_from_the_environment_the_model_was_logged_in(
+    states, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """A model logged against other package versions (or another Python) still loads and
+    predicts, so the check passes, but it names each difference, in MLflow's own words, where
+    MLflow's loader would only have warned on the child's discarded stderr."""
+    import shutil
+    import subprocess
+    import sys
+    from urllib.parse import urlparse
+
+    from mlflow.utils.requirements_utils import _check_requirement_satisfied
+
+    from pipelines.config import Settings
+    from pipelines.registry import Registry
+
+    ws = clone_workspace(states["rollback"][0], tmp_path / "ws")
+    registry = Registry(Settings(project_dir=ws), NAME)
+    other = tmp_path / "logged-elsewhere"
+    shutil.copytree(urlparse(registry.download_uri("2")).path, other)
+    lines = (other / "requirements.txt").read_text().splitlines()
+    edited = [line for line in lines if not line.startswith(("scikit-learn", "skops"))]
+    edited += ["scikit-learn==0.1", "skops>=99,<100", "not-installed-anywhere==1.0"]
+    edited += ['pandas<1; python_version < "3"']  # its marker excludes it: not checked
+    (other / "requirements.txt").write_text("\n".join(edited) + "\n")
+    meta = (other / "MLmodel").read_text()
+    (other / "MLmodel").write_text(meta.replace("python_version: 3.", "python_version: 2."))
+    child = subprocess.run(
+        [sys.executable, "-m", "pipelines.infra", f"models:/{NAME}/2", str(other)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert child.returncode == 0, child.stderr[-2000:]
+    mismatched = json.loads(child.stdout.splitlines()[-1])["mismatched"]
+    mlflow_says = [str(m) for m in map(_check_requirement_satisfied, edited) if m is not None]
+    assert len(mlflow_says) == 3 and mismatched[:-1] == mlflow_says, (mismatched, mlflow_says)
+    assert mismatched[-1].startswith("python (current: 3.") and "required: 2." in mismatched[-1]
 
 
 def test_a_rolled_back_model_stays_rolled_back_until_forced(states, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
