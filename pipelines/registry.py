@@ -216,8 +216,9 @@ class Registry:
 
     def recorded_unfinished(self, action: str, target: str, **fields: Any) -> bool:
         """Whether the audit log's newest record is ``action`` to ``target`` (with these
-        ``fields``: ``from``, ``share``) and the registry does not show it complete (its MLflow mirror is missing): what a mover
-        killed after writing its record leaves, and the next mover completes (:meth:`recover`).
+        ``fields``: ``from``, ``share``) and the registry does not show it complete (its MLflow
+        mirror is missing): what a mover killed after writing its record leaves, and the next
+        mover completes (:meth:`recover`).
         Such a move was admitted when it was recorded (its record holds the infra check it
         passed), so a re-run completes it and does not judge it again. Read without the lock:
         a mover that relies on it confirms under the lock that the move is what happened.
@@ -301,8 +302,8 @@ class Registry:
         self, records: list[dict[str, Any]], version: str, champion: str | None, wanted: str, reason: str
     ) -> None:
         """:meth:`refuse_infra` for a caller that holds the lock and passes :meth:`recover`'s records."""
-        self.record("infra-refused", {"version": version, "champion": champion, "wanted": wanted,
-                                      "reason": reason}, records[-1] if records else None)  # fmt: skip
+        fields = {"version": version, "champion": champion, "wanted": wanted, "reason": reason}
+        self.record("infra-refused", fields, records[-1] if records else None)
 
     def _mirror(self, record: dict[str, Any]) -> None:
         self._call("mirror the audit record", self.client.set_registered_model_tag, self.name,
