@@ -264,6 +264,19 @@ def _shared_fixture_group(item: pytest.Item) -> str | None:
     return None
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """With pytest-xdist workers sharing the cores, each process gets cores // workers
+    OpenMP threads (scikit-learn's fits and predictions), as joblib does for its own workers.
+    libgomp's threads spin-wait between parallel regions; two processes of two threads each
+    on two cores spent half their CPU spinning on the core the other needed (a fit: 10-14 s
+    of CPU against 5 s; docs/performance.md). The outputs are the same for any thread count.
+    Set here, before any worker starts or imports scikit-learn; every command a test runs
+    (DVC stages, Airflow tasks, servers) inherits it. An explicit OMP_NUM_THREADS wins."""
+    workers = config.getoption("numprocesses", None) or 0
+    if isinstance(workers, int) and workers > 1 and "OMP_NUM_THREADS" not in os.environ:
+        os.environ["OMP_NUM_THREADS"] = str(max(1, len(os.sched_getaffinity(0)) // workers))
+
+
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups off the marks
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:

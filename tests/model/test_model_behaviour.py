@@ -98,3 +98,24 @@ def test_training_is_reproducible(trained) -> None:  # type: ignore[no-untyped-d
     a = build_model(params).fit(features, target).predict_proba(features)[:, 1]
     b = build_model(params).fit(features, target).predict_proba(features)[:, 1]
     np.testing.assert_array_equal(a, b)
+
+
+def test_the_model_is_the_same_for_any_number_of_threads(trained) -> None:  # type: ignore[no-untyped-def]
+    """The test suite runs one OpenMP thread per pytest-xdist worker (tests/conftest.py), a
+    laptop or an Airflow worker as many as it has cores: the fit and its predictions must not
+    depend on that."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from pipelines.model import build_model
+
+    _model, test, params = trained
+    features, target = build_features(test), build_target(test, 15)
+    runs = {}
+    for threads in (1, 2, 4):
+        with threadpool_limits(limits=threads, user_api="openmp"):
+            assert {i["num_threads"] for i in threadpool_info() if i["user_api"] == "openmp"} == {threads}
+            fitted = build_model(params).fit(features, target)
+            runs[threads] = (fitted[-1].n_iter_, fitted.predict_proba(features)[:, 1])
+    for threads in (2, 4):
+        assert runs[threads][0] == runs[1][0]
+        np.testing.assert_array_equal(runs[threads][1], runs[1][1])
