@@ -105,16 +105,17 @@ def evaluate(settings: Settings, params: Params, helper: Helper | None = None) -
     X, y = holdout[list(schema.FEATURES)], holdout[schema.TARGET]
     if y.nunique() < 2:
         raise StepError(f"holdout {window['holdout_start']}..{window['holdout_end']} has a single class")
-    proba = model.predict_proba(X)[:, 1]
-    prior = float(window["train_late_rate"])
-    metrics = holdout_metrics(y, proba, prior)
-    resamples = resamples_for(holdout, cfg)
-    # what does not need the champion, while the helper may still be loading it
-    floors = floor_checks(metrics, holdout, proba, cfg, resamples)
-    slices = slice_checks(holdout, proba, cfg, resamples)
-    importance = card.permutation_importance(model, X, y, cfg["seed"])
-
-    context = asked()
+    # what does not need the champion, while the helper may still be loading it (on the
+    # cores it leaves)
+    with helper.sharing_cores():
+        proba = model.predict_proba(X)[:, 1]
+        prior = float(window["train_late_rate"])
+        metrics = holdout_metrics(y, proba, prior)
+        resamples = resamples_for(holdout, cfg)
+        floors = floor_checks(metrics, holdout, proba, cfg, resamples)
+        slices = slice_checks(holdout, proba, cfg, resamples)
+        importance = card.permutation_importance(model, X, y, cfg["seed"])
+        context = asked()
     champion = context["champion"]
     champion_info = comparison = champ_proba = None
     if champion is not None:

@@ -128,11 +128,14 @@ def test_evaluate_gives_the_same_gate_with_and_without_its_helper(scored: Path, 
     """`mlops evaluate` asks its helper for the champion (its predictions on the holdout, the
     days it saw, the audit records) first thing and logs the gate through it at the end: the
     same report, card, metrics, curves and MLflow records as in one process, here against the
-    deploy loop's champion v1 (the paired differences computed from the helper's predictions)."""
+    deploy loop's champion v1 (the paired differences computed from the helper's predictions).
+    Both with the machine's OpenMP threads, not the suite's one per worker: beside its helper
+    the step computes on the cores the helper leaves (one fewer), in one process on all."""
     outputs = {}
     for helper in ("1", "0"):
         ws = clone_workspace(scored, tmp_path / f"helper{helper}")
-        proc = mlops(ws, "evaluate", "--refusal-exit-code", "0", env=_env(ws, helper))
+        env = {k: v for k, v in _env(ws, helper).items() if k != "OMP_NUM_THREADS"}
+        proc = mlops(ws, "evaluate", "--refusal-exit-code", "0", env=env)
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert ("(MLflow helper)" in proc.stderr) == (helper == "1"), proc.stderr[-3000:]
         outputs[helper] = _gate_outputs(ws)
@@ -229,6 +232,29 @@ def test_only_pipelines_functions_can_be_called(tmp_path: Path) -> None:
     ):
         helper.submit("os:system", command="true")
     assert helper.proc.returncode == 0  # closed: it read end-of-file and exited
+
+
+def test_beside_its_helper_the_step_computes_on_the_cores_left(tmp_path: Path) -> None:
+    """While a helper process works, the step's OpenMP and BLAS pools use one core fewer (at
+    least one); in one process, all of them. The limit ends with the block."""
+    import sklearn.ensemble  # noqa: F401  (loads scikit-learn's OpenMP runtime)
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from pipelines.config import Settings
+    from pipelines.helper import Helper, ProcessHelper
+
+    def threads() -> set[int]:
+        return {i["num_threads"] for i in threadpool_info() if i["user_api"] == "openmp"}
+
+    cores = len(os.sched_getaffinity(0))
+    settings = Settings(project_dir=tmp_path)
+    with threadpool_limits(limits=cores, user_api="openmp"), ProcessHelper(settings, "test") as helper:
+        assert threads() == {cores}
+        with helper.sharing_cores():
+            assert threads() == {max(1, cores - 1)}
+        assert threads() == {cores}
+        with Helper(settings).sharing_cores():
+            assert threads() == {cores}
 
 
 def test_one_core_or_off_keeps_the_calls_in_the_step(tmp_path: Path) -> None:
