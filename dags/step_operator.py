@@ -42,6 +42,7 @@ PASSTHROUGH = (
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "MLFLOW_HTTP_REQUEST_TIMEOUT",
     "MLOPS_LOCK_URI", "MLOPS_AUDIT_URI", "MLOPS_REGISTRY_TIMEOUT_S", "MLOPS_LOCK_TIMEOUT_S",
     "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLOPS_PROMETHEUS_URL",
+    "OMP_NUM_THREADS",  # threads per step where a worker runs several at once (docs/scaled-out.md)
 )  # fmt: skip
 
 # The day a nightly run replays: the `date` Param when given (with `through`: the range

@@ -268,7 +268,7 @@ def pytest_configure(config: pytest.Config) -> None:
     """With pytest-xdist workers sharing the cores, each process gets cores // workers
     OpenMP threads (scikit-learn's fits and predictions), as joblib does for its own workers.
     libgomp's threads spin-wait between parallel regions; two processes of two threads each
-    on two cores spent half their CPU spinning on the core the other needed (a fit: 10-14 s
+    on two cores spent half their CPU spinning on the core the other needed (a fit: 8-16 s
     of CPU against 5 s; docs/performance.md). The outputs are the same for any thread count.
     Set here, before any worker starts or imports scikit-learn; every command a test runs
     (DVC stages, Airflow tasks, servers) inherits it. An explicit OMP_NUM_THREADS wins."""
