@@ -144,11 +144,11 @@ class ProcessHelper(Helper):
         """The step's compute pools (scikit-learn's OpenMP threads, numpy's BLAS) limited to the
         cores the helper leaves while it works. libgomp's threads spin between parallel regions:
         two of them on two cores took the core the helper was importing MLflow on, and
-        `mlops evaluate` on the full year ran 1.3-1.7 s longer (docs/performance.md). The
-        results do not depend on the number of threads."""
+        `mlops evaluate` on the full year took ~1 s longer (8.5 s against 7.5 s;
+        docs/performance.md). The results do not depend on the number of threads."""
         from threadpoolctl import threadpool_limits
 
-        return threadpool_limits(limits=max(1, _cores() - 1))
+        return threadpool_limits(limits=max(1, cores() - 1))
 
     def close(self) -> None:
         if self.proc.stdin is not None and not self.proc.stdin.closed:
@@ -181,7 +181,7 @@ def _unpack(answer: dict[str, Any]) -> Any:
     raise RuntimeError(f"the MLflow helper process failed:\n{message}")
 
 
-def _cores() -> int:
+def cores() -> int:
     """The cores this process may run on (all of the machine's where that cannot be asked)."""
     if hasattr(os, "sched_getaffinity"):  # Linux
         return len(os.sched_getaffinity(0))
@@ -193,7 +193,7 @@ def start(settings: Any, label: str) -> Helper:
     wanted = os.environ.get("MLOPS_TRACKING_HELPER", "auto").strip().lower()
     if wanted in ("0", "false", "no", "off"):
         return Helper(settings)
-    if wanted == "auto" and _cores() < 2:
+    if wanted == "auto" and cores() < 2:
         return Helper(settings)
     return ProcessHelper(settings, label)
 

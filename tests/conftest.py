@@ -272,9 +272,11 @@ def pytest_configure(config: pytest.Config) -> None:
     of CPU against 5 s; docs/performance.md). The outputs are the same for any thread count.
     Set here, before any worker starts or imports scikit-learn; every command a test runs
     (DVC stages, Airflow tasks, servers) inherits it. An explicit OMP_NUM_THREADS wins."""
+    from pipelines.helper import cores
+
     workers = config.getoption("numprocesses", None) or 0
     if isinstance(workers, int) and workers > 1 and "OMP_NUM_THREADS" not in os.environ:
-        os.environ["OMP_NUM_THREADS"] = str(max(1, len(os.sched_getaffinity(0)) // workers))
+        os.environ["OMP_NUM_THREADS"] = str(max(1, cores() // workers))
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups off the marks

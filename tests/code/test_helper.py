@@ -242,11 +242,12 @@ def test_beside_its_helper_the_step_computes_on_the_cores_left(tmp_path: Path) -
 
     from pipelines.config import Settings
     from pipelines.helper import Helper, ProcessHelper
+    from pipelines.helper import cores as available
 
     def threads() -> set[int]:
         return {i["num_threads"] for i in threadpool_info() if i["user_api"] == "openmp"}
 
-    cores = len(os.sched_getaffinity(0))
+    cores = available()
     settings = Settings(project_dir=tmp_path)
     with threadpool_limits(limits=cores, user_api="openmp"), ProcessHelper(settings, "test") as helper:
         assert threads() == {cores}
