@@ -14,6 +14,8 @@ import json
 import logging
 import shutil
 from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipelines import faults, schema
 from pipelines.config import Params, Settings
@@ -21,6 +23,9 @@ from pipelines.errors import StepError
 from pipelines.features import build_features, build_target
 from pipelines.layout import Layout
 from pipelines.storage import atomic_copy, atomic_write_parquet, atomic_write_text
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -82,9 +87,33 @@ def select_window(
     return chosen
 
 
-def featurize(settings: Settings, params: Params) -> Window:
-    import pandas as pd
+def read_batches(batches: list[tuple[str, Path]]) -> pd.DataFrame:
+    """The batches one after the other, each row with its ``batch_date`` (the label it comes
+    with), and a fresh index: the frame ``pd.concat([pd.read_parquet(path).assign(batch_date=
+    label) ...], ignore_index=True)`` gives.
 
+    Read as one Arrow dataset and converted to pandas once (the year's 365 files: ~0.5 s
+    against ~2 s file by file, most of it 365 conversions). Batches whose schemas differ
+    (which validation does not let into the store) are read file by file, as pandas
+    reconciles them."""
+    import numpy as np
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    paths = [str(path) for _, path in batches]
+    metadata = [pq.read_metadata(path) for path in paths]
+    schemas = [m.schema.to_arrow_schema() for m in metadata]
+    if any(not s.equals(schemas[0], check_metadata=False) for s in schemas[1:]):
+        frames = [pd.read_parquet(path).assign(batch_date=label) for label, path in batches]
+        return pd.concat(frames, ignore_index=True)
+    frame = pq.read_table(paths, partitioning=None).to_pandas()
+    frame.index = pd.RangeIndex(len(frame))
+    labels = np.array([label for label, _ in batches], dtype=object)
+    frame["batch_date"] = np.repeat(labels, [m.num_rows for m in metadata])
+    return frame
+
+
+def featurize(settings: Settings, params: Params) -> Window:
     cfg = params.section("data")
     layout = Layout.of(settings, params.get("validate.store"))
     days = select_window(layout.validated_days(), cfg["window_days"], cfg["window_end"], cfg["holdout_days"],
@@ -98,10 +127,7 @@ def featurize(settings: Settings, params: Params) -> Window:
     for day in days:
         atomic_copy(layout.validated_batch(day), layout.window / f"{day}.parquet", staging=layout.staging)
     faults.point("featurize.window-copied")
-    batches = [
-        pd.read_parquet(layout.window / f"{day}.parquet").assign(batch_date=day.isoformat()) for day in days
-    ]
-    frame = pd.concat(batches, ignore_index=True)
+    frame = read_batches([(day.isoformat(), layout.window / f"{day}.parquet") for day in days])
 
     table = build_features(frame)
     table[schema.TARGET] = build_target(frame, cfg["late_threshold_min"])

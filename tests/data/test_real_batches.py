@@ -4,6 +4,8 @@ ones, and the contract's assumptions hold for the whole year."""
 from __future__ import annotations
 
 import datetime as dt
+import shutil
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -70,3 +72,35 @@ def test_landed_batch_has_exactly_the_contract_columns() -> None:
     batch = join_weather(PackageSource().fetch(dt.date(2013, 1, 1)))
     assert list(batch.columns) == list(schema.BATCH_COLUMNS)
     assert isinstance(batch, pd.DataFrame)
+
+
+def test_a_window_is_read_as_pandas_reads_it_file_by_file(january_template: Path, tmp_path: Path) -> None:
+    """featurize reads its window as one Arrow dataset: the frame is the one per-file pandas
+    reads and a concat give (values, dtypes, order, index, each row's batch_date), also in a
+    folder whose name looks like a Hive partition, and with a batch whose schema differs."""
+    from pipelines.steps.featurize import read_batches
+
+    def by_pandas(batches: list[tuple[str, Path]]) -> pd.DataFrame:
+        frames = [pd.read_parquet(path).assign(batch_date=label) for label, path in batches]
+        return pd.concat(frames, ignore_index=True)
+
+    stored = sorted((january_template / "data/validated").glob("2013-01-*.parquet"))
+    assert len(stored) == 31
+    batches = [(path.stem, path) for path in stored]
+    read = read_batches(batches)
+    pd.testing.assert_frame_equal(read, by_pandas(batches), check_exact=True)
+    assert list(read["batch_date"].unique()) == [path.stem for path in stored]
+
+    hive = tmp_path / "year=2013"  # Arrow would add a `year` column read from such a path
+    hive.mkdir()
+    for path in stored[:3]:
+        shutil.copy(path, hive / path.name)
+    copied = [(path.stem, hive / path.name) for path in stored[:3]]
+    pd.testing.assert_frame_equal(read_batches(copied), by_pandas(copied), check_exact=True)
+
+    odd = tmp_path / "2013-01-02.parquet"  # one batch with a column of another type
+    pd.read_parquet(stored[1]).astype({"distance": "float64"}).to_parquet(odd, index=False)
+    mixed = [batches[0], (odd.stem, odd), batches[2]]
+    read = read_batches(mixed)
+    pd.testing.assert_frame_equal(read, by_pandas(mixed), check_exact=True)
+    assert read["distance"].dtype == "float64"
