@@ -68,6 +68,11 @@ def atomic_write_text(path: Path, text: str, staging: Path | None = None) -> Non
     atomic_write_bytes(path, text.encode(), staging)
 
 
+def atomic_write_with(path: Path, write: Any, staging: Path | None = None) -> None:
+    """``write(tmp)`` writes the new content to a temporary file, which then replaces ``path``."""
+    _finish(_temp_for(path, staging), path, write)
+
+
 def atomic_copy(src: Path, dest: Path, staging: Path | None = None) -> None:
     _finish(_temp_for(dest, staging), dest, lambda tmp: shutil.copyfile(src, tmp))
 

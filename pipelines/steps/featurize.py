@@ -22,7 +22,7 @@ from pipelines.config import Params, Settings
 from pipelines.errors import StepError
 from pipelines.features import build_features, build_target
 from pipelines.layout import Layout
-from pipelines.storage import atomic_copy, atomic_write_parquet, atomic_write_text
+from pipelines.storage import atomic_copy, atomic_write_parquet, atomic_write_text, clean_stale_temp
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -116,6 +116,7 @@ def read_batches(batches: list[tuple[str, Path]]) -> pd.DataFrame:
 def featurize(settings: Settings, params: Params) -> Window:
     cfg = params.section("data")
     layout = Layout.of(settings, params.get("validate.store"))
+    clean_stale_temp(layout.staging)  # what a killed run of a stage left (dvc repro re-runs it alone)
     days = select_window(layout.validated_days(), cfg["window_days"], cfg["window_end"], cfg["holdout_days"],
                          cfg["max_gap_days"], cfg["min_window_days"])  # fmt: skip
     if len(days) < cfg["window_days"]:

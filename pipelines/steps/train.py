@@ -24,7 +24,7 @@ from pipelines import faults, schema
 from pipelines.config import Params, Settings
 from pipelines.errors import StepError
 from pipelines.layout import Layout
-from pipelines.storage import atomic_write_text
+from pipelines.storage import atomic_write_text, atomic_write_with, clean_stale_temp
 from pipelines.tracking import close_stale_runs, connect, experiment_id, owner_tags, run_name
 from pipelines.versioning import dvc_hash, git_commit
 
@@ -134,6 +134,7 @@ def train(settings: Settings, params: Params) -> dict[str, Any]:
     from pipelines.model import SKOPS_TRUSTED_TYPES, build_model, pip_requirements
 
     layout = Layout.of(settings, params.get("validate.store"))
+    clean_stale_temp(layout.staging)  # what a killed run of a stage left (dvc repro re-runs it alone)
     features_file = layout.features / "train.parquet"
     if not features_file.exists():
         raise StepError(f"no training features at {features_file} (run `mlops featurize` first)")
@@ -184,11 +185,13 @@ def train(settings: Settings, params: Params) -> dict[str, Any]:
             reference.to_parquet(f"{tmp}/reference.parquet", index=False)
             mlflow.log_artifact(f"{tmp}/reference.parquet", artifact_path="reference")
         faults.point("train.logged")
-    layout.models.mkdir(parents=True, exist_ok=True)
-    staged = layout.staging / f"model.joblib.{os.getpid()}.tmp"
-    staged.parent.mkdir(parents=True, exist_ok=True)
-    joblib.dump(model, staged)
-    os.replace(staged, layout.models / "model.joblib")
+
+    def stage_model(tmp: str) -> None:
+        joblib.dump(model, tmp)
+        faults.point("train.staged")
+
+    # staged under a name clean_stale_temp knows: a run killed here leaves nothing for good
+    atomic_write_with(layout.models / "model.joblib", stage_model, staging=layout.staging)
     result = {
         "run_id": run.info.run_id, "model_uri": info.model_uri, "experiment_id": exp_id,
         "data_version": tags["mlops.data_version"], "window_start": tags["mlops.window_start"],

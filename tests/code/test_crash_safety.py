@@ -41,10 +41,10 @@ POINTS: dict[str, list[str]] = {
     "validate": ["validate.checked", "validate.locked", "validate.copied", "validate.dvc-added",
                  "validate.published", "validate.done-day"],
     "retrain": ["retrain.locked", "retrain.prepared", "featurize.window-copied", "train.run-started",
-                "train.fitted", "train.logged", "evaluate.scored", "evaluate.written", "retrain.reproduced",
-                "retrain.published"],
+                "train.fitted", "train.logged", "train.staged", "evaluate.scored", "evaluate.written",
+                "retrain.reproduced", "retrain.published"],
     "retrain-overrides": ["retrain.locked", "retrain.prepared", "featurize.window-copied", "train.run-started",
-                          "train.fitted", "train.logged", "evaluate.scored", "evaluate.written",
+                          "train.fitted", "train.logged", "train.staged", "evaluate.scored", "evaluate.written",
                           "retrain.reproduced", "retrain.published"],
     "promote": ["promote.registered", "promote.infra-checked", "promote.locked", "audit.register.appended",
                 "audit.promote.appended", "promote.recorded", "promote.alias-set", "promote.tagged",
@@ -60,7 +60,7 @@ POINTS: dict[str, list[str]] = {
 }  # fmt: skip
 # points inside a stage process that `dvc repro` runs: killing there fails the stage, so the
 # command itself exits 1 instead of being killed
-STAGE_POINTS = {"featurize.window-copied", "train.run-started", "train.fitted", "train.logged",
+STAGE_POINTS = {"featurize.window-copied", "train.run-started", "train.fitted", "train.logged", "train.staged",
                 "evaluate.scored", "evaluate.written"}  # fmt: skip
 EXTRA = [("validate", "validate.copied#2"), ("validate", "validate.done-day#2")]  # between the two days
 # the stages run the same code in both retrain variants: killed in them once (plain retrain);

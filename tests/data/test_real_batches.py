@@ -104,3 +104,29 @@ def test_a_window_is_read_as_pandas_reads_it_file_by_file(january_template: Path
     read = read_batches(mixed)
     pd.testing.assert_frame_equal(read, by_pandas(mixed), check_exact=True)
     assert read["distance"].dtype == "float64"
+
+
+def test_a_stage_removes_what_a_killed_run_of_it_left_in_staging(january: Path) -> None:
+    """`dvc repro` re-runs a killed stage alone (no `mlops retrain` around it to clean up):
+    featurize removes the temporary files of processes that are gone (a real process, run
+    and reaped, gives a pid that is gone) and keeps those of a live one."""
+    import os
+    import subprocess
+    import sys
+
+    from pipelines.config import Settings, load_params
+    from pipelines.steps.featurize import featurize
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    staging = january / ".mlops/staging"
+    staging.mkdir(parents=True, exist_ok=True)
+    dead = [staging / f".train.parquet.{gone.pid}.x1.tmp", staging / f".model.joblib.{gone.pid}.x2.tmp"]
+    live = staging / f".holdout.parquet.{os.getpid()}.x3.tmp"  # this process: alive
+    for path in (*dead, live):
+        path.write_bytes(b"half a file")
+    settings = Settings(project_dir=january)
+    featurize(settings, load_params(settings))
+    assert not any(path.exists() for path in dead)
+    assert live.exists(), "a live process's temporary file is left to it"
+    assert sorted(p.name for p in staging.iterdir()) == [live.name]
