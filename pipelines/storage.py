@@ -74,12 +74,12 @@ def atomic_write_with(path: Path, write: Any, staging: Path | None = None) -> No
 
 
 def atomic_copy(src: Path, dest: Path, staging: Path | None = None) -> None:
-    _finish(_temp_for(dest, staging), dest, lambda tmp: shutil.copyfile(src, tmp))
+    atomic_write_with(dest, lambda tmp: shutil.copyfile(src, tmp), staging)
 
 
 def atomic_write_parquet(path: Path, frame: object, staging: Path | None = None) -> None:
     """Write a DataFrame as Parquet atomically (no index, stable bytes for DVC hashing)."""
-    _finish(_temp_for(path, staging), path, lambda tmp: frame.to_parquet(tmp, index=False))  # type: ignore[attr-defined]
+    atomic_write_with(path, lambda tmp: frame.to_parquet(tmp, index=False), staging)  # type: ignore[attr-defined]
 
 
 def clean_stale_temp(*folders: Path, min_age_s: float = 0.0) -> list[Path]:
